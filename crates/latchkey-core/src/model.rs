@@ -1,0 +1,304 @@
+//! The domain model: plain data, shared by services, stores and adapters.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What kind of account a user is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserKind {
+    /// A person who logs in.
+    Internal,
+    /// A machine identity that only uses API tokens.
+    ServiceAccount,
+}
+
+impl UserKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::Internal => "internal",
+            UserKind::ServiceAccount => "service_account",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "internal" => Some(UserKind::Internal),
+            "service_account" => Some(UserKind::ServiceAccount),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uuid,
+    /// Unique case-insensitively; stored as typed.
+    pub username: String,
+    /// Display name.
+    pub name: String,
+    pub email: Option<String>,
+    pub is_active: bool,
+    pub kind: UserKind,
+    pub attributes: Value,
+    /// PHC string or an imported legacy hash; `None` means no password login.
+    #[serde(skip_serializing)]
+    pub password_hash: Option<String>,
+    pub password_changed_at: Option<DateTime<Utc>>,
+    /// POSIX uid for LDAP; allocated by the store from 2000, stable.
+    pub uid_number: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+}
+
+/// What is needed to create a user; the store allocates `uid_number`.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: Uuid,
+    pub username: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub is_active: bool,
+    pub kind: UserKind,
+    pub attributes: Value,
+    pub password_hash: Option<String>,
+    pub password_changed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: Uuid,
+    /// Unique case-insensitively.
+    pub name: String,
+    pub parent_id: Option<Uuid>,
+    pub is_superuser: bool,
+    pub attributes: Value,
+    /// POSIX gid for LDAP; allocated by the store from 2000, stable.
+    pub gid_number: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    pub id: Uuid,
+    pub name: String,
+    pub parent_id: Option<Uuid>,
+    pub is_superuser: bool,
+    pub attributes: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A server-side login session. `key_hash` is the SHA-256 (hex) of the random id in the cookie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    #[serde(skip_serializing)]
+    pub key_hash: String,
+    /// Short public identifier (a prefix of the hash) for listing and revoking.
+    pub id: String,
+    pub user_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Absolute end of the session, whatever its activity.
+    pub expires_at: DateTime<Utc>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Authentication methods used (RFC 8176 values: `pwd`, `otp`, `hwk`, `swk`, `mfa`).
+    pub amr: Vec<String>,
+}
+
+/// Kinds of one-time and long-lived secrets kept (hashed) in the token table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// REST API bearer token.
+    Api,
+    /// First-run setup link; valid only while no admin exists.
+    Setup,
+    /// One-time login link for a user (lost-admin recovery).
+    Recovery,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Setup => "setup",
+            TokenKind::Recovery => "recovery",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api" => Some(TokenKind::Api),
+            "setup" => Some(TokenKind::Setup),
+            "recovery" => Some(TokenKind::Recovery),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: Uuid,
+    /// SHA-256 (hex) of the secret; the secret itself is shown once and never stored.
+    #[serde(skip_serializing)]
+    pub secret_hash: String,
+    pub kind: TokenKind,
+    pub user_id: Option<Uuid>,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Set when a one-time token is consumed.
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// An audit event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// e.g. `login`, `login_failed`, `user_created`.
+    pub action: String,
+    pub user_id: Option<Uuid>,
+    pub username: Option<String>,
+    pub client_ip: Option<String>,
+    pub context: Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub action: Option<String>,
+    pub user_id: Option<Uuid>,
+    pub username: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// What a flow is for (authentik's designations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowDesignation {
+    Authentication,
+    Authorization,
+    Enrollment,
+    Recovery,
+    Invalidation,
+    StageConfiguration,
+    Unenrollment,
+}
+
+impl FlowDesignation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowDesignation::Authentication => "authentication",
+            FlowDesignation::Authorization => "authorization",
+            FlowDesignation::Enrollment => "enrollment",
+            FlowDesignation::Recovery => "recovery",
+            FlowDesignation::Invalidation => "invalidation",
+            FlowDesignation::StageConfiguration => "stage_configuration",
+            FlowDesignation::Unenrollment => "unenrollment",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "authentication" => FlowDesignation::Authentication,
+            "authorization" => FlowDesignation::Authorization,
+            "enrollment" => FlowDesignation::Enrollment,
+            "recovery" => FlowDesignation::Recovery,
+            "invalidation" => FlowDesignation::Invalidation,
+            "stage_configuration" => FlowDesignation::StageConfiguration,
+            "unenrollment" => FlowDesignation::Unenrollment,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flow {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub title: String,
+    pub designation: FlowDesignation,
+    /// Flow-level settings that later features add (authentication requirement, denied action…).
+    pub settings: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A configured stage: a kind (which handler runs it) and its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub id: Uuid,
+    /// Unique.
+    pub name: String,
+    /// Handler name, e.g. `identification`, `password`, `user_login`.
+    pub kind: String,
+    pub config: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stage placed in a flow at a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowStageBinding {
+    pub id: Uuid,
+    pub flow_id: Uuid,
+    pub stage_id: Uuid,
+    pub order: i64,
+    /// Binding-level settings (policy evaluation mode, later policies).
+    pub settings: Value,
+}
+
+/// Server-side state of one running flow, keyed by the hash of the flow cookie and the slug.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowStateRecord {
+    pub key: String,
+    pub data: Value,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A change other processes sharing the store must react to (cache invalidation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "key", rename_all = "snake_case")]
+pub enum Change {
+    /// One session ended (value: its key hash).
+    Session(String),
+    /// Something about a user changed: sessions, groups, activity, password (value: user id).
+    User(Uuid),
+    /// Group structure or flags changed: cached group membership is stale.
+    Groups,
+    /// Flows, stages or settings changed.
+    Config,
+}
+
+/// Paging and sorting for list queries, as authentik's API names them.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub search: Option<String>,
+    /// A field name, `-field` for descending.
+    pub ordering: Option<String>,
+    /// 1-based.
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery { search: None, ordering: None, page: 1, page_size: 100 }
+    }
+}
+
+impl ListQuery {
+    pub fn all() -> Self {
+        ListQuery { page_size: u32::MAX, ..Default::default() }
+    }
+    pub fn offset(&self) -> u64 {
+        u64::from(self.page.max(1) - 1) * u64::from(self.page_size)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}

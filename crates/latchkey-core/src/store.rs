@@ -1,0 +1,140 @@
+//! The store contract: small traits per aggregate, implemented by `latchkey-store`
+//! for SQLite and PostgreSQL. Nothing here knows SQL.
+//!
+//! Writes that other processes must notice (a session revoked, a user disabled) record a
+//! [`Change`] in the same transaction; [`Store::subscribe`] delivers changes made by any
+//! process sharing the database, including this one.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::StoreResult;
+use crate::model::*;
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Fails with `Conflict` when the username is taken (case-insensitively).
+    async fn create_user(&self, user: NewUser) -> StoreResult<User>;
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    async fn get_user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
+    /// Matches the username or the email, case-insensitively; usernames win over emails.
+    async fn find_user_by_login(&self, login: &str) -> StoreResult<Option<User>>;
+    /// `search` matches username, name and email; ordering fields: username, name, email, created_at, last_login.
+    async fn list_users(&self, query: &ListQuery) -> StoreResult<Page<User>>;
+    /// Updates username, name, email, is_active, kind, attributes. Records `Change::User`.
+    async fn update_user(&self, user: &User) -> StoreResult<()>;
+    /// Sets the hash and `password_changed_at`. Records `Change::User`.
+    async fn set_password_hash(&self, id: Uuid, hash: &str, changed_at: DateTime<Utc>) -> StoreResult<()>;
+    /// Replaces the hash only if it is still `old_hash` (rehash on login must not undo a password change).
+    async fn upgrade_password_hash(&self, id: Uuid, old_hash: &str, new_hash: &str) -> StoreResult<()>;
+    async fn set_last_login(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Deletes the user, memberships, sessions and tokens. Records `Change::User`.
+    async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
+    async fn count_users(&self) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait GroupStore: Send + Sync {
+    /// Fails with `Conflict` when the name is taken.
+    async fn create_group(&self, group: NewGroup) -> StoreResult<Group>;
+    async fn get_group(&self, id: Uuid) -> StoreResult<Option<Group>>;
+    async fn get_group_by_name(&self, name: &str) -> StoreResult<Option<Group>>;
+    /// `search` matches the name; ordering fields: name, created_at.
+    async fn list_groups(&self, query: &ListQuery) -> StoreResult<Page<Group>>;
+    /// Every group; the directory computes nesting from this (group counts are small).
+    async fn all_groups(&self) -> StoreResult<Vec<Group>>;
+    /// Updates name, parent_id, is_superuser, attributes. Records `Change::Groups`.
+    async fn update_group(&self, group: &Group) -> StoreResult<()>;
+    /// Deletes the group and its memberships; children become top-level. Records `Change::Groups`.
+    async fn delete_group(&self, id: Uuid) -> StoreResult<()>;
+    /// Idempotent. Records `Change::User`.
+    async fn add_member(&self, group_id: Uuid, user_id: Uuid) -> StoreResult<()>;
+    /// Idempotent. Records `Change::User`.
+    async fn remove_member(&self, group_id: Uuid, user_id: Uuid) -> StoreResult<()>;
+    /// Ids of the groups the user is directly a member of.
+    async fn direct_group_ids(&self, user_id: Uuid) -> StoreResult<Vec<Uuid>>;
+    /// Users directly in the group.
+    async fn direct_member_ids(&self, group_id: Uuid) -> StoreResult<Vec<Uuid>>;
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn create_session(&self, session: &Session) -> StoreResult<()>;
+    async fn get_session(&self, key_hash: &str) -> StoreResult<Option<Session>>;
+    /// Sessions whose public `id` starts with `id_prefix`.
+    async fn find_sessions_by_id(&self, id_prefix: &str) -> StoreResult<Vec<Session>>;
+    async fn list_sessions(&self, user_id: Option<Uuid>) -> StoreResult<Vec<Session>>;
+    async fn touch_session(&self, key_hash: &str, last_seen: DateTime<Utc>) -> StoreResult<()>;
+    /// Records `Change::Session`.
+    async fn delete_session(&self, key_hash: &str) -> StoreResult<()>;
+    /// Returns how many ended. Records `Change::User`.
+    async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
+    /// Housekeeping: drops sessions past their absolute expiry or idle since `idle_before`.
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait FlowStore: Send + Sync {
+    /// Creates or updates by slug; returns the stored flow (its id is kept on update).
+    async fn upsert_flow(&self, flow: &Flow) -> StoreResult<Flow>;
+    async fn get_flow_by_slug(&self, slug: &str) -> StoreResult<Option<Flow>>;
+    async fn list_flows(&self) -> StoreResult<Vec<Flow>>;
+    async fn delete_flow(&self, id: Uuid) -> StoreResult<()>;
+    /// Creates or updates by name; returns the stored stage (its id is kept on update).
+    async fn upsert_stage(&self, stage: &Stage) -> StoreResult<Stage>;
+    async fn get_stage(&self, id: Uuid) -> StoreResult<Option<Stage>>;
+    async fn get_stage_by_name(&self, name: &str) -> StoreResult<Option<Stage>>;
+    async fn list_stages(&self) -> StoreResult<Vec<Stage>>;
+    async fn delete_stage(&self, id: Uuid) -> StoreResult<()>;
+    /// Creates or updates by (flow_id, stage_id, order).
+    async fn upsert_binding(&self, binding: &FlowStageBinding) -> StoreResult<FlowStageBinding>;
+    /// The flow's stage bindings in order, with their stages.
+    async fn flow_bindings(&self, flow_id: Uuid) -> StoreResult<Vec<(FlowStageBinding, Stage)>>;
+    async fn delete_binding(&self, id: Uuid) -> StoreResult<()>;
+
+    async fn get_flow_state(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<FlowStateRecord>>;
+    async fn put_flow_state(&self, state: &FlowStateRecord) -> StoreResult<()>;
+    async fn delete_flow_state(&self, key: &str) -> StoreResult<()>;
+    async fn delete_expired_flow_states(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn create_token(&self, token: &Token) -> StoreResult<()>;
+    /// An unexpired, unused token of that kind with that secret hash.
+    async fn find_token(&self, kind: TokenKind, secret_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<Token>>;
+    /// Marks a one-time token used; `false` if it was already used, expired or missing.
+    /// Atomic: of two concurrent calls exactly one wins.
+    async fn consume_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
+    async fn list_tokens(&self, user_id: Option<Uuid>) -> StoreResult<Vec<Token>>;
+    async fn delete_token(&self, id: Uuid) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    async fn record_event(&self, event: &Event) -> StoreResult<()>;
+    /// Newest first.
+    async fn list_events(&self, filter: &EventFilter, query: &ListQuery) -> StoreResult<Page<Event>>;
+}
+
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<Value>>;
+    /// Records `Change::Config`.
+    async fn set_setting(&self, key: &str, value: &Value) -> StoreResult<()>;
+}
+
+/// The whole store, as services receive it (`Arc<dyn Store>`).
+#[async_trait]
+pub trait Store:
+    UserStore + GroupStore + SessionStore + FlowStore + TokenStore + EventStore + SettingsStore + Send + Sync + 'static
+{
+    /// A cheap round trip proving the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Changes recorded by any process sharing this database, delivered within about a second.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
+    /// Which engine this is (`sqlite` or `postgres`), for logs and `config check`.
+    fn engine(&self) -> &'static str;
+}
