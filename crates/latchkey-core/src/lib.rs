@@ -2,8 +2,167 @@
 //! It knows no web framework, no LDAP codec and no SQL.
 
 pub mod clock;
+pub mod directory;
 pub mod error;
+pub mod events;
+pub mod flow;
+pub mod groups;
+pub mod keys;
 pub mod model;
+pub mod password;
+pub mod redirect;
+pub mod sessions;
 pub mod store;
+pub mod throttle;
+pub mod tokens;
 
 pub use error::{CoreError, Result, StoreError};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::Clock;
+use directory::Directory;
+use events::Events;
+use flow::{FlowEngine, FlowServices};
+use groups::GroupIndex;
+use keys::Keys;
+use password::{Argon2Settings, PasswordHasher};
+use sessions::{SessionSettings, Sessions};
+use store::Store;
+use throttle::Throttle;
+use tokens::Tokens;
+
+/// Tunables of the core services.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub argon2: Argon2Settings,
+    /// At most this many password hashes at once.
+    pub hash_threads: usize,
+    pub sessions: SessionSettings,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            argon2: Argon2Settings::default(),
+            hash_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            sessions: SessionSettings::default(),
+        }
+    }
+}
+
+/// All core services, wired to one store. Adapters hold an `Arc<Core>`.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub keys: Keys,
+    pub groups: GroupIndex,
+    pub directory: Directory,
+    pub sessions: Sessions,
+    pub events: Events,
+    pub tokens: Tokens,
+    pub flows: FlowEngine,
+}
+
+impl Core {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        master_secret: &[u8],
+        config: CoreConfig,
+    ) -> Result<Arc<Core>> {
+        let keys = Keys::derive(master_secret);
+        let hasher = PasswordHasher::new(config.argon2, config.hash_threads)?;
+        let groups = GroupIndex::new(Arc::clone(&store));
+        let events = Events::new(Arc::clone(&store), Arc::clone(&clock));
+        let sessions = Sessions::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            groups.clone(),
+            keys.cookie.clone(),
+            config.sessions,
+        );
+        let directory = Directory::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            hasher,
+            groups.clone(),
+            sessions.clone(),
+            events.clone(),
+        );
+        let tokens = Tokens::new(Arc::clone(&store), Arc::clone(&clock), events.clone());
+        let flows = FlowEngine::new(FlowServices {
+            store: Arc::clone(&store),
+            clock: Arc::clone(&clock),
+            directory: directory.clone(),
+            sessions: sessions.clone(),
+            events: events.clone(),
+            tokens: tokens.clone(),
+            throttle: Throttle::new(10, 50, Duration::from_secs(300)),
+        });
+        Ok(Arc::new(Core {
+            store,
+            clock,
+            keys,
+            groups,
+            directory,
+            sessions,
+            events,
+            tokens,
+            flows,
+        }))
+    }
+
+    /// Creates the default group and flows where missing.
+    pub async fn bootstrap(&self) -> Result<()> {
+        flow::defaults::ensure_defaults(self.store.as_ref()).await
+    }
+
+    /// A fresh first-run link under `base_url`, or `None` once an administrator exists.
+    pub async fn setup_link(&self, base_url: &str) -> Result<Option<String>> {
+        if self.directory.admin_exists().await? {
+            return Ok(None);
+        }
+        let token = self.tokens.create_setup_token().await?;
+        Ok(Some(format!(
+            "{}/if/flow/initial-setup/?token={token}",
+            base_url.trim_end_matches('/')
+        )))
+    }
+
+    /// Keeps caches in step with changes made by any process sharing the store, and
+    /// removes expired sessions and flow states now and then.
+    pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut changes = core.store.subscribe();
+            let mut housekeeping = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(change) => core.sessions.apply_change(&change),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => core.sessions.clear(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = housekeeping.tick() => core.housekeeping().await,
+                }
+            }
+        })
+    }
+
+    async fn housekeeping(&self) {
+        if let Err(e) = self.sessions.purge_expired().await {
+            tracing::warn!(error = %e, "could not purge expired sessions");
+        }
+        if let Err(e) = self
+            .store
+            .delete_expired_flow_states(self.clock.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not purge expired flow states");
+        }
+    }
+}

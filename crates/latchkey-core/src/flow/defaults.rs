@@ -1,0 +1,131 @@
+//! The default objects every instance has: the `admins` group and the built-in flows.
+//! Created on first start; existing ones (possibly edited by an admin) are left alone.
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::directory::ADMINS_GROUP;
+use crate::error::{CoreError, Result};
+use crate::model::{Flow, FlowDesignation, FlowStageBinding, NewGroup, Stage};
+use crate::store::Store;
+
+struct DefaultFlow {
+    slug: &'static str,
+    name: &'static str,
+    title: &'static str,
+    designation: FlowDesignation,
+    settings: Value,
+    /// (stage name, kind, config)
+    stages: Vec<(&'static str, &'static str, Value)>,
+}
+
+fn default_flows() -> Vec<DefaultFlow> {
+    vec![
+        DefaultFlow {
+            slug: "initial-setup",
+            name: "Initial setup",
+            title: "Welcome to Latchkey!",
+            designation: FlowDesignation::StageConfiguration,
+            settings: json!({ "authentication": "none" }),
+            stages: vec![
+                ("initial-setup-prompt", "initial_setup", json!({})),
+                ("initial-setup-login", "user_login", json!({})),
+            ],
+        },
+        DefaultFlow {
+            slug: "default-authentication-flow",
+            name: "Default authentication flow",
+            title: "Welcome to Latchkey!",
+            designation: FlowDesignation::Authentication,
+            settings: json!({ "authentication": "none" }),
+            stages: vec![
+                (
+                    "default-authentication-identification",
+                    "identification",
+                    json!({ "user_fields": ["username", "email"], "password_fields": true }),
+                ),
+                ("default-authentication-login", "user_login", json!({})),
+            ],
+        },
+        DefaultFlow {
+            slug: "default-invalidation-flow",
+            name: "Default invalidation flow",
+            title: "Logging out",
+            designation: FlowDesignation::Invalidation,
+            settings: json!({ "authentication": "none" }),
+            stages: vec![("default-invalidation-logout", "user_logout", json!({}))],
+        },
+    ]
+}
+
+/// Creates whatever default object is missing. Safe to run at every start and concurrently
+/// from several instances (upserts by unique name and slug).
+pub async fn ensure_defaults(store: &dyn Store) -> Result<()> {
+    let e = CoreError::from_store;
+    if store
+        .get_group_by_name(ADMINS_GROUP)
+        .await
+        .map_err(e)?
+        .is_none()
+    {
+        let created = store
+            .create_group(NewGroup {
+                id: Uuid::now_v7(),
+                name: ADMINS_GROUP.into(),
+                parent_id: None,
+                is_superuser: true,
+                attributes: json!({}),
+                created_at: Utc::now(),
+            })
+            .await;
+        // Another instance may have created it at the same moment.
+        match created {
+            Ok(_) | Err(crate::StoreError::Conflict(_)) => {}
+            Err(other) => return Err(e(other)),
+        }
+    }
+    for def in default_flows() {
+        if store.get_flow_by_slug(def.slug).await.map_err(e)?.is_some() {
+            continue;
+        }
+        let flow = store
+            .upsert_flow(&Flow {
+                id: Uuid::now_v7(),
+                slug: def.slug.into(),
+                name: def.name.into(),
+                title: def.title.into(),
+                designation: def.designation,
+                settings: def.settings,
+                created_at: Utc::now(),
+            })
+            .await
+            .map_err(e)?;
+        for (i, (name, kind, config)) in def.stages.into_iter().enumerate() {
+            let stage = match store.get_stage_by_name(name).await.map_err(e)? {
+                Some(s) => s,
+                None => store
+                    .upsert_stage(&Stage {
+                        id: Uuid::now_v7(),
+                        name: name.into(),
+                        kind: kind.into(),
+                        config,
+                        created_at: Utc::now(),
+                    })
+                    .await
+                    .map_err(e)?,
+            };
+            store
+                .upsert_binding(&FlowStageBinding {
+                    id: Uuid::now_v7(),
+                    flow_id: flow.id,
+                    stage_id: stage.id,
+                    order: (i as i64 + 1) * 10,
+                    settings: json!({}),
+                })
+                .await
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! The built-in stages: identification, password, user_login, user_logout, deny and the
+//! first-run setup prompt.
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+use super::{Challenge, StageCx, StageHandler, Step};
+use crate::directory::{validate_email, validate_username, UserInput, ADMINS_GROUP};
+use crate::error::{CoreError, Result};
+use crate::model::{TokenKind, User};
+
+pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
+    vec![
+        Arc::new(Identification),
+        Arc::new(Password),
+        Arc::new(UserLogin),
+        Arc::new(UserLogout),
+        Arc::new(Deny),
+        Arc::new(InitialSetup),
+    ]
+}
+
+/// The one answer to any failed credential check: it must not tell whether the account exists.
+pub const INVALID_CREDENTIALS: &str = "Invalid username or password.";
+pub const THROTTLED: &str = "Too many failed attempts. Try again in a few minutes.";
+const REQUIRED: &str = "This field is required.";
+
+/// A required string field of an answer, or the challenge to show with the error.
+fn required_str<'a>(
+    answer: &'a Map<String, Value>,
+    field: &str,
+    challenge: &Challenge,
+) -> Result<&'a str, Step> {
+    match answer.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            Err(Step::Malformed(challenge.clone().error(field, REQUIRED)))
+        }
+        Some(_) => Err(Step::Malformed(
+            challenge
+                .clone()
+                .error(field, "This field must be a string."),
+        )),
+    }
+}
+
+fn optional_str<'a>(answer: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
+    answer
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn string_list(config: &Value, key: &str, default: &[&str]) -> Vec<String> {
+    match config.get(key).and_then(Value::as_array) {
+        Some(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        None => default.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Records a failed login and answers with the uniform error.
+async fn login_failed(
+    cx: &mut StageCx<'_>,
+    login: &str,
+    user: Option<&User>,
+    reason: &str,
+    challenge: Challenge,
+) -> Step {
+    let s = cx.services;
+    s.throttle.failure(login, cx.request.client.ip.as_deref());
+    cx.effects.logins_failed += 1;
+    s.events
+        .record_raw(
+            "login_failed",
+            user.map(|u| u.id),
+            Some(login.to_string()),
+            &cx.request.client,
+            json!({ "reason": reason, "flow": cx.state.flow_slug }),
+        )
+        .await;
+    let message = if reason == "throttled" {
+        THROTTLED
+    } else {
+        INVALID_CREDENTIALS
+    };
+    Step::Show(challenge.error("non_field_errors", message))
+}
+
+/// Asks who the user is, optionally with the password on the same step.
+pub struct Identification;
+
+impl Identification {
+    fn challenge_for(config: &Value) -> Challenge {
+        let mut c = Challenge::new("identification")
+            .with(
+                "user_fields",
+                string_list(config, "user_fields", &["username", "email"]),
+            )
+            .with(
+                "password_fields",
+                config
+                    .get("password_fields")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            )
+            .with("primary_action", "Log in");
+        for (key, field) in [
+            ("recovery_flow", "recovery_url"),
+            ("enrollment_flow", "enroll_url"),
+        ] {
+            if let Some(slug) = config.get(key).and_then(Value::as_str) {
+                c = c.with(field, format!("/if/flow/{slug}/"));
+            }
+        }
+        c
+    }
+
+    /// The account `login` names, honouring which identifiers this stage accepts.
+    async fn lookup(cx: &StageCx<'_>, login: &str) -> Result<Option<User>> {
+        let fields = string_list(cx.config, "user_fields", &["username", "email"]);
+        let Some(user) = cx.services.directory.find_by_login(login).await? else {
+            return Ok(None);
+        };
+        let by_username = user.username.to_lowercase() == login.trim().to_lowercase();
+        let allowed = (by_username && fields.iter().any(|f| f == "username"))
+            || (!by_username && fields.iter().any(|f| f == "email"));
+        // Service accounts authenticate with tokens only.
+        Ok((allowed && user.kind == crate::model::UserKind::Internal).then_some(user))
+    }
+}
+
+#[async_trait]
+impl StageHandler for Identification {
+    fn kind(&self) -> &'static str {
+        "identification"
+    }
+
+    fn validate_config(&self, config: &Value) -> Result<()> {
+        let fields = string_list(config, "user_fields", &["username", "email"]);
+        if fields.is_empty() || fields.iter().any(|f| f != "username" && f != "email") {
+            return Err(CoreError::invalid_field(
+                "user_fields",
+                "user_fields must list username and/or email",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        Ok(Step::Show(Self::challenge_for(cx.config)))
+    }
+
+    async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
+        let challenge = Self::challenge_for(cx.config);
+        let with_password = challenge
+            .data
+            .get("password_fields")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let login = match required_str(answer, "uid_field", &challenge) {
+            Ok(l) => l.trim().to_string(),
+            Err(step) => return Ok(step),
+        };
+        let challenge = challenge.with("pending_user_identifier", login.clone());
+        if !with_password {
+            let user = Self::lookup(cx, &login).await?;
+            cx.state.pending_user = user.map(|u| u.id);
+            cx.state.pending_login = Some(login);
+            return Ok(Step::Next);
+        }
+        let password = match required_str(answer, "password", &challenge) {
+            Ok(p) => p,
+            Err(step) => return Ok(step),
+        };
+        if cx
+            .services
+            .throttle
+            .is_blocked(&login, cx.request.client.ip.as_deref())
+        {
+            return Ok(login_failed(cx, &login, None, "throttled", challenge).await);
+        }
+        let user = Self::lookup(cx, &login).await?;
+        if cx
+            .services
+            .directory
+            .check_password(user.as_ref(), password)
+            .await?
+        {
+            if let Some(user) = user {
+                cx.services.throttle.success(&login);
+                cx.state.pending_user = Some(user.id);
+                cx.state.pending_login = Some(login);
+                cx.state.amr.push("pwd".into());
+                return Ok(Step::Next);
+            }
+        }
+        let reason = if user.is_some() {
+            "invalid_password"
+        } else {
+            "unknown_user"
+        };
+        Ok(login_failed(cx, &login, user.as_ref(), reason, challenge).await)
+    }
+}
+
+/// Asks for the password of the identified user.
+pub struct Password;
+
+#[async_trait]
+impl StageHandler for Password {
+    fn kind(&self) -> &'static str {
+        "password"
+    }
+
+    async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        let Some(login) = cx.state.pending_login.clone() else {
+            return Ok(Step::Deny(
+                "No user was identified before the password step.".into(),
+            ));
+        };
+        Ok(Step::Show(
+            Challenge::new("password").with("pending_user", login),
+        ))
+    }
+
+    async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
+        let Some(login) = cx.state.pending_login.clone() else {
+            return Ok(Step::Deny(
+                "No user was identified before the password step.".into(),
+            ));
+        };
+        let challenge = Challenge::new("password").with("pending_user", login.clone());
+        let password = match required_str(answer, "password", &challenge) {
+            Ok(p) => p,
+            Err(step) => return Ok(step),
+        };
+        if cx
+            .services
+            .throttle
+            .is_blocked(&login, cx.request.client.ip.as_deref())
+        {
+            return Ok(login_failed(cx, &login, None, "throttled", challenge).await);
+        }
+        let user = match cx.state.pending_user {
+            Some(id) => cx
+                .services
+                .store
+                .get_user(id)
+                .await
+                .map_err(CoreError::from_store)?,
+            None => None,
+        };
+        if cx
+            .services
+            .directory
+            .check_password(user.as_ref(), password)
+            .await?
+        {
+            cx.services.throttle.success(&login);
+            cx.state.amr.push("pwd".into());
+            return Ok(Step::Next);
+        }
+        let reason = if user.is_some() {
+            "invalid_password"
+        } else {
+            "unknown_user"
+        };
+        Ok(login_failed(cx, &login, user.as_ref(), reason, challenge).await)
+    }
+}
+
+/// Starts a session for the identified user. No UI.
+pub struct UserLogin;
+
+#[async_trait]
+impl StageHandler for UserLogin {
+    fn kind(&self) -> &'static str {
+        "user_login"
+    }
+
+    async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        let Some(user_id) = cx.state.pending_user else {
+            return Ok(Step::Deny("No user was authenticated in this flow.".into()));
+        };
+        let Some(user) = cx
+            .services
+            .store
+            .get_user(user_id)
+            .await
+            .map_err(CoreError::from_store)?
+        else {
+            return Ok(Step::Deny("No user was authenticated in this flow.".into()));
+        };
+        if !user.is_active {
+            return Ok(Step::Deny("This account is disabled.".into()));
+        }
+        // A new id at every login: a session fixed by an attacker before login is worthless.
+        if let Some(old) = &cx.request.session_cookie {
+            cx.services.sessions.revoke_cookie(old).await?;
+        }
+        let mut amr = cx.state.amr.clone();
+        amr.dedup();
+        let (cookie, session) = cx
+            .services
+            .sessions
+            .create(&user, amr.clone(), &cx.request.client)
+            .await?;
+        cx.effects.set_session = Some(cookie);
+        cx.effects.logins_ok += 1;
+        cx.services.directory.record_login(&user).await?;
+        cx.services
+            .events
+            .record(
+                "login",
+                Some(&user),
+                &cx.request.client,
+                json!({ "flow": cx.state.flow_slug, "amr": amr, "session": session.id }),
+            )
+            .await;
+        Ok(Step::Next)
+    }
+
+    async fn submit(&self, cx: &mut StageCx<'_>, _answer: &Map<String, Value>) -> Result<Step> {
+        self.challenge(cx).await
+    }
+}
+
+/// Ends the current session. No UI.
+pub struct UserLogout;
+
+#[async_trait]
+impl StageHandler for UserLogout {
+    fn kind(&self) -> &'static str {
+        "user_logout"
+    }
+
+    async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        if let Some(cookie) = &cx.request.session_cookie {
+            if let Some(session) = cx.services.sessions.revoke_cookie(cookie).await? {
+                let user = cx
+                    .services
+                    .store
+                    .get_user(session.user_id)
+                    .await
+                    .map_err(CoreError::from_store)?;
+                cx.services
+                    .events
+                    .record(
+                        "logout",
+                        user.as_ref(),
+                        &cx.request.client,
+                        json!({ "session": session.id }),
+                    )
+                    .await;
+            }
+        }
+        cx.effects.clear_session = true;
+        Ok(Step::Next)
+    }
+
+    async fn submit(&self, cx: &mut StageCx<'_>, _answer: &Map<String, Value>) -> Result<Step> {
+        self.challenge(cx).await
+    }
+}
+
+/// Stops the flow.
+pub struct Deny;
+
+#[async_trait]
+impl StageHandler for Deny {
+    fn kind(&self) -> &'static str {
+        "deny"
+    }
+
+    async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        let message = cx
+            .config
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("Access denied.");
+        Ok(Step::Deny(message.to_string()))
+    }
+
+    async fn submit(&self, cx: &mut StageCx<'_>, _answer: &Map<String, Value>) -> Result<Step> {
+        self.challenge(cx).await
+    }
+}
+
+/// The first-run prompt: creates the first administrator. Only with a valid setup token
+/// (from the link printed at start) and only while no administrator exists.
+pub struct InitialSetup;
+
+const SETUP_LINK_INVALID: &str =
+    "This setup link is invalid or has expired. Run `latchkey setup-link` to get a fresh one.";
+const SETUP_DONE: &str = "Setup is already complete. Log in instead.";
+pub const MIN_PASSWORD_LENGTH: usize = 8;
+
+impl InitialSetup {
+    fn challenge() -> Challenge {
+        let field = |name: &str, label: &str, kind: &str, initial: Option<&str>| {
+            let mut f = json!({ "name": name, "label": label, "type": kind, "required": true });
+            if let Some(v) = initial {
+                f["initial_value"] = json!(v);
+            }
+            f
+        };
+        Challenge::new("prompt")
+            .with(
+                "fields",
+                vec![
+                    field("username", "Username", "username", Some("admin")),
+                    field("email", "Email", "email", None),
+                    field("password", "Password", "password", None),
+                    field("password_repeat", "Password (repeat)", "password", None),
+                ],
+            )
+            .with("title", "Set up the administrator account")
+            .with("primary_action", "Create administrator")
+    }
+
+    /// The setup token from the link, if it is still good; else why not.
+    async fn check(cx: &StageCx<'_>) -> Result<Result<crate::model::Token, &'static str>> {
+        if cx.services.directory.admin_exists().await? {
+            return Ok(Err(SETUP_DONE));
+        }
+        let secret = cx
+            .state
+            .query
+            .get("token")
+            .map(String::as_str)
+            .unwrap_or("");
+        match cx.services.tokens.find(TokenKind::Setup, secret).await? {
+            Some(token) => Ok(Ok(token)),
+            None => Ok(Err(SETUP_LINK_INVALID)),
+        }
+    }
+}
+
+#[async_trait]
+impl StageHandler for InitialSetup {
+    fn kind(&self) -> &'static str {
+        "initial_setup"
+    }
+
+    async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        Ok(match Self::check(cx).await? {
+            Ok(_) => Step::Show(Self::challenge()),
+            Err(reason) => Step::Deny(reason.into()),
+        })
+    }
+
+    async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
+        let token = match Self::check(cx).await? {
+            Ok(t) => t,
+            Err(reason) => return Ok(Step::Deny(reason.into())),
+        };
+        let base = Self::challenge();
+        let mut missing = base.clone();
+        for field in ["email", "password", "password_repeat"] {
+            if optional_str(answer, field).is_none() {
+                missing = missing.error(field, REQUIRED);
+            }
+        }
+        if !missing.errors.is_empty() {
+            return Ok(Step::Malformed(missing));
+        }
+        let username = optional_str(answer, "username")
+            .unwrap_or("admin")
+            .to_string();
+        let email = optional_str(answer, "email")
+            .unwrap_or_default()
+            .to_string();
+        let password = answer
+            .get("password")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let repeat = answer
+            .get("password_repeat")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut refused = base.clone();
+        if let Err(CoreError::Invalid { message, .. }) = validate_username(&username) {
+            refused = refused.error("username", &message);
+        }
+        if let Err(CoreError::Invalid { message, .. }) = validate_email(&email) {
+            refused = refused.error("email", &message);
+        }
+        if password.chars().count() < MIN_PASSWORD_LENGTH {
+            refused = refused.error(
+                "password",
+                &format!("Use at least {MIN_PASSWORD_LENGTH} characters."),
+            );
+        }
+        if password != repeat {
+            refused = refused.error("password_repeat", "The passwords do not match.");
+        }
+        if refused.errors.is_empty()
+            && cx
+                .services
+                .directory
+                .find_by_login(&username)
+                .await?
+                .is_some()
+        {
+            refused = refused.error("username", "This username is already taken.");
+        }
+        if !refused.errors.is_empty() {
+            return Ok(Step::Show(refused));
+        }
+        // Consumed only now, when the flow completes: showing the page never burns the link.
+        if !cx.services.tokens.consume(&token).await? {
+            return Ok(Step::Deny(SETUP_LINK_INVALID.into()));
+        }
+        let user = cx
+            .services
+            .directory
+            .create_user(
+                UserInput {
+                    username,
+                    email: Some(email),
+                    password: Some(password.to_string()),
+                    groups: vec![ADMINS_GROUP.to_string()],
+                    ..Default::default()
+                },
+                &cx.request.client,
+            )
+            .await?;
+        cx.services
+            .events
+            .record(
+                "setup_completed",
+                Some(&user),
+                &cx.request.client,
+                json!({}),
+            )
+            .await;
+        cx.state.pending_user = Some(user.id);
+        cx.state.pending_login = Some(user.username);
+        cx.state.amr.push("pwd".into());
+        Ok(Step::Next)
+    }
+}
