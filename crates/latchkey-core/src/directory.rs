@@ -46,25 +46,13 @@ fn store_err(e: crate::StoreError) -> CoreError {
 /// accounts imported from authentik keep their names).
 pub fn validate_username(username: &str) -> Result<()> {
     if username.is_empty() {
-        return Err(CoreError::invalid_field(
-            "username",
-            "A username is required.",
-        ));
+        return Err(CoreError::invalid_field("username", "A username is required."));
     }
     if username.chars().count() > 150 {
-        return Err(CoreError::invalid_field(
-            "username",
-            "A username has at most 150 characters.",
-        ));
+        return Err(CoreError::invalid_field("username", "A username has at most 150 characters."));
     }
-    if !username
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-'))
-    {
-        return Err(CoreError::invalid_field(
-            "username",
-            "A username may contain only letters, digits and . _ @ + -",
-        ));
+    if !username.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '@' | '+' | '-')) {
+        return Err(CoreError::invalid_field("username", "A username may contain only letters, digits and . _ @ + -"));
     }
     Ok(())
 }
@@ -73,28 +61,18 @@ pub fn validate_email(email: &str) -> Result<()> {
     let ok = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
+            !local.is_empty() && !domain.is_empty() && !domain.starts_with('.') && !domain.ends_with('.')
         });
     if ok {
         Ok(())
     } else {
-        Err(CoreError::invalid_field(
-            "email",
-            format!("'{email}' is not a valid email address."),
-        ))
+        Err(CoreError::invalid_field("email", format!("'{email}' is not a valid email address.")))
     }
 }
 
 pub fn validate_group_name(name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.chars().count() > 150 || name.chars().any(|c| c.is_control())
-    {
-        return Err(CoreError::invalid_field(
-            "name",
-            "A group name has 1 to 150 printable characters.",
-        ));
+    if name.trim().is_empty() || name.chars().count() > 150 || name.chars().any(|c| c.is_control()) {
+        return Err(CoreError::invalid_field("name", "A group name has 1 to 150 printable characters."));
     }
     Ok(())
 }
@@ -108,14 +86,7 @@ impl Directory {
         sessions: Sessions,
         events: Events,
     ) -> Self {
-        Directory {
-            store,
-            clock,
-            hasher,
-            groups,
-            sessions,
-            events,
-        }
+        Directory { store, clock, hasher, groups, sessions, events }
     }
 
     pub fn hasher(&self) -> &PasswordHasher {
@@ -124,19 +95,13 @@ impl Directory {
 
     pub async fn create_user(&self, input: UserInput, client: &ClientInfo) -> Result<User> {
         validate_username(&input.username)?;
-        let email = input
-            .email
-            .filter(|e| !e.trim().is_empty())
-            .map(|e| e.trim().to_string());
+        let email = input.email.filter(|e| !e.trim().is_empty()).map(|e| e.trim().to_string());
         if let Some(e) = &email {
             validate_email(e)?;
         }
         if let Some(p) = &input.password {
             if p.is_empty() {
-                return Err(CoreError::invalid_field(
-                    "password",
-                    "The password must not be empty.",
-                ));
+                return Err(CoreError::invalid_field("password", "The password must not be empty."));
             }
         }
         // Resolve groups before writing anything so a typo creates nothing.
@@ -166,29 +131,15 @@ impl Directory {
             .await
             .map_err(store_err)?;
         for g in &groups {
-            self.store
-                .add_member(g.id, user.id)
-                .await
-                .map_err(store_err)?;
+            self.store.add_member(g.id, user.id).await.map_err(store_err)?;
         }
         let group_names: Vec<_> = groups.iter().map(|g| g.name.clone()).collect();
-        self.events
-            .record(
-                "user_created",
-                Some(&user),
-                client,
-                json!({ "groups": group_names }),
-            )
-            .await;
+        self.events.record("user_created", Some(&user), client, json!({ "groups": group_names })).await;
         Ok(user)
     }
 
     pub async fn get_user(&self, id: Uuid) -> Result<User> {
-        self.store
-            .get_user(id)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| CoreError::NotFound(format!("user {id}")))
+        self.store.get_user(id).await.map_err(store_err)?.ok_or_else(|| CoreError::NotFound(format!("user {id}")))
     }
 
     /// By username (case-insensitive).
@@ -201,10 +152,7 @@ impl Directory {
     }
 
     pub async fn find_by_login(&self, login: &str) -> Result<Option<User>> {
-        self.store
-            .find_user_by_login(login.trim())
-            .await
-            .map_err(store_err)
+        self.store.find_user_by_login(login.trim()).await.map_err(store_err)
     }
 
     pub async fn list_users(&self, query: &ListQuery) -> Result<Page<User>> {
@@ -222,18 +170,11 @@ impl Directory {
         if before.is_active && !user.is_active {
             self.sessions.revoke_user(user.id).await?;
         }
-        self.events
-            .record("user_changed", Some(user), client, json!({}))
-            .await;
+        self.events.record("user_changed", Some(user), client, json!({})).await;
         Ok(())
     }
 
-    pub async fn set_active(
-        &self,
-        username: &str,
-        active: bool,
-        client: &ClientInfo,
-    ) -> Result<User> {
+    pub async fn set_active(&self, username: &str, active: bool, client: &ClientInfo) -> Result<User> {
         let mut user = self.require_user(username).await?;
         user.is_active = active;
         self.update_user(&user, client).await?;
@@ -241,27 +182,14 @@ impl Directory {
     }
 
     /// Sets a new password and ends every session of the user.
-    pub async fn set_password(
-        &self,
-        user: &User,
-        password: &str,
-        client: &ClientInfo,
-    ) -> Result<()> {
+    pub async fn set_password(&self, user: &User, password: &str, client: &ClientInfo) -> Result<()> {
         if password.is_empty() {
-            return Err(CoreError::invalid_field(
-                "password",
-                "The password must not be empty.",
-            ));
+            return Err(CoreError::invalid_field("password", "The password must not be empty."));
         }
         let hash = self.hasher.hash(password).await?;
-        self.store
-            .set_password_hash(user.id, &hash, self.clock.now())
-            .await
-            .map_err(store_err)?;
+        self.store.set_password_hash(user.id, &hash, self.clock.now()).await.map_err(store_err)?;
         self.sessions.revoke_user(user.id).await?;
-        self.events
-            .record("password_set", Some(user), client, json!({}))
-            .await;
+        self.events.record("password_set", Some(user), client, json!({})).await;
         Ok(())
     }
 
@@ -269,9 +197,7 @@ impl Directory {
         let user = self.require_user(username).await?;
         self.sessions.revoke_user(user.id).await?;
         self.store.delete_user(user.id).await.map_err(store_err)?;
-        self.events
-            .record("user_deleted", Some(&user), client, json!({}))
-            .await;
+        self.events.record("user_deleted", Some(&user), client, json!({})).await;
         Ok(user)
     }
 
@@ -301,10 +227,7 @@ impl Directory {
     }
 
     pub async fn record_login(&self, user: &User) -> Result<()> {
-        self.store
-            .set_last_login(user.id, self.clock.now())
-            .await
-            .map_err(store_err)
+        self.store.set_last_login(user.id, self.clock.now()).await.map_err(store_err)
     }
 
     // ---- groups ----
@@ -334,15 +257,7 @@ impl Directory {
             .await
             .map_err(store_err)?;
         self.groups.invalidate();
-        self.events
-            .record_raw(
-                "group_created",
-                None,
-                None,
-                client,
-                json!({ "group": group.name }),
-            )
-            .await;
+        self.events.record_raw("group_created", None, None, client, json!({ "group": group.name })).await;
         Ok(group)
     }
 
@@ -364,10 +279,7 @@ impl Directory {
         if let Some(parent) = group.parent_id {
             let tree = self.groups.tree().await.map_err(store_err)?;
             if !tree.by_id.contains_key(&parent) {
-                return Err(CoreError::invalid_field(
-                    "parent",
-                    "The parent group does not exist.",
-                ));
+                return Err(CoreError::invalid_field("parent", "The parent group does not exist."));
             }
             if tree.would_cycle(group.id, parent) {
                 return Err(CoreError::invalid_field(
@@ -379,15 +291,7 @@ impl Directory {
         self.store.update_group(group).await.map_err(store_err)?;
         self.groups.invalidate();
         self.sessions.apply_change(&Change::Groups);
-        self.events
-            .record_raw(
-                "group_changed",
-                None,
-                None,
-                client,
-                json!({ "group": group.name }),
-            )
-            .await;
+        self.events.record_raw("group_changed", None, None, client, json!({ "group": group.name })).await;
         Ok(())
     }
 
@@ -396,85 +300,40 @@ impl Directory {
         self.store.delete_group(group.id).await.map_err(store_err)?;
         self.groups.invalidate();
         self.sessions.apply_change(&Change::Groups);
-        self.events
-            .record_raw(
-                "group_deleted",
-                None,
-                None,
-                client,
-                json!({ "group": group.name }),
-            )
-            .await;
+        self.events.record_raw("group_deleted", None, None, client, json!({ "group": group.name })).await;
         Ok(group)
     }
 
     pub async fn add_member(&self, group: &str, username: &str, client: &ClientInfo) -> Result<()> {
         let group = self.require_group(group).await?;
         let user = self.require_user(username).await?;
-        self.store
-            .add_member(group.id, user.id)
-            .await
-            .map_err(store_err)?;
+        self.store.add_member(group.id, user.id).await.map_err(store_err)?;
         self.sessions.apply_change(&Change::User(user.id));
-        self.events
-            .record(
-                "group_member_added",
-                Some(&user),
-                client,
-                json!({ "group": group.name }),
-            )
-            .await;
+        self.events.record("group_member_added", Some(&user), client, json!({ "group": group.name })).await;
         Ok(())
     }
 
-    pub async fn remove_member(
-        &self,
-        group: &str,
-        username: &str,
-        client: &ClientInfo,
-    ) -> Result<()> {
+    pub async fn remove_member(&self, group: &str, username: &str, client: &ClientInfo) -> Result<()> {
         let group = self.require_group(group).await?;
         let user = self.require_user(username).await?;
-        self.store
-            .remove_member(group.id, user.id)
-            .await
-            .map_err(store_err)?;
+        self.store.remove_member(group.id, user.id).await.map_err(store_err)?;
         self.sessions.apply_change(&Change::User(user.id));
-        self.events
-            .record(
-                "group_member_removed",
-                Some(&user),
-                client,
-                json!({ "group": group.name }),
-            )
-            .await;
+        self.events.record("group_member_removed", Some(&user), client, json!({ "group": group.name })).await;
         Ok(())
     }
 
     /// Effective groups (direct and inherited through nesting).
     pub async fn effective_groups(&self, user_id: Uuid) -> Result<Vec<Group>> {
-        self.groups
-            .effective_groups(user_id)
-            .await
-            .map_err(store_err)
+        self.groups.effective_groups(user_id).await.map_err(store_err)
     }
 
     pub async fn is_superuser(&self, user_id: Uuid) -> Result<bool> {
-        Ok(self
-            .effective_groups(user_id)
-            .await?
-            .iter()
-            .any(|g| g.is_superuser))
+        Ok(self.effective_groups(user_id).await?.iter().any(|g| g.is_superuser))
     }
 
     pub async fn member_usernames(&self, group: &Group) -> Result<Vec<String>> {
         let mut names = Vec::new();
-        for id in self
-            .store
-            .direct_member_ids(group.id)
-            .await
-            .map_err(store_err)?
-        {
+        for id in self.store.direct_member_ids(group.id).await.map_err(store_err)? {
             if let Some(u) = self.store.get_user(id).await.map_err(store_err)? {
                 names.push(u.username);
             }
@@ -487,26 +346,12 @@ impl Directory {
     pub async fn admin_exists(&self) -> Result<bool> {
         let tree = self.groups.tree().await.map_err(store_err)?;
         for group in tree.by_id.values() {
-            let is_super = tree
-                .with_ancestors(&[group.id])
-                .iter()
-                .any(|g| g.is_superuser);
+            let is_super = tree.with_ancestors(&[group.id]).iter().any(|g| g.is_superuser);
             if !is_super {
                 continue;
             }
-            for id in self
-                .store
-                .direct_member_ids(group.id)
-                .await
-                .map_err(store_err)?
-            {
-                if self
-                    .store
-                    .get_user(id)
-                    .await
-                    .map_err(store_err)?
-                    .is_some_and(|u| u.is_active)
-                {
+            for id in self.store.direct_member_ids(group.id).await.map_err(store_err)? {
+                if self.store.get_user(id).await.map_err(store_err)?.is_some_and(|u| u.is_active) {
                     return Ok(true);
                 }
             }

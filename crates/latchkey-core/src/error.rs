@@ -29,10 +29,7 @@ pub enum CoreError {
     Store(#[from] StoreError),
     /// Input was refused; the message is safe to show to the user.
     #[error("{message}")]
-    Invalid {
-        message: String,
-        fields: FieldErrors,
-    },
+    Invalid { message: String, fields: FieldErrors },
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -47,10 +44,7 @@ pub enum CoreError {
 
 impl CoreError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        CoreError::Invalid {
-            message: message.into(),
-            fields: FieldErrors::new(),
-        }
+        CoreError::Invalid { message: message.into(), fields: FieldErrors::new() }
     }
 
     pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {

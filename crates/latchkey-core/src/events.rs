@@ -18,10 +18,7 @@ pub struct ClientInfo {
 impl ClientInfo {
     /// The CLI acting on the local machine.
     pub fn cli() -> Self {
-        ClientInfo {
-            ip: None,
-            user_agent: Some("latchkey-cli".into()),
-        }
+        ClientInfo { ip: None, user_agent: Some("latchkey-cli".into()) }
     }
 }
 
@@ -37,21 +34,8 @@ impl Events {
     }
 
     /// Records `action` about `user` (if any). `context` is free-form JSON.
-    pub async fn record(
-        &self,
-        action: &str,
-        user: Option<&User>,
-        client: &ClientInfo,
-        context: Value,
-    ) {
-        self.record_raw(
-            action,
-            user.map(|u| u.id),
-            user.map(|u| u.username.clone()),
-            client,
-            context,
-        )
-        .await
+    pub async fn record(&self, action: &str, user: Option<&User>, client: &ClientInfo, context: Value) {
+        self.record_raw(action, user.map(|u| u.id), user.map(|u| u.username.clone()), client, context).await
     }
 
     pub async fn record_raw(

@@ -63,10 +63,7 @@ impl Tree {
 
 impl GroupIndex {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        GroupIndex {
-            store,
-            cached: Arc::new(RwLock::new(None)),
-        }
+        GroupIndex { store, cached: Arc::new(RwLock::new(None)) }
     }
 
     pub async fn tree(&self) -> StoreResult<Arc<Tree>> {
@@ -74,9 +71,7 @@ impl GroupIndex {
             return Ok(t);
         }
         let groups = self.store.all_groups().await?;
-        let tree = Arc::new(Tree {
-            by_id: groups.into_iter().map(|g| (g.id, g)).collect(),
-        });
+        let tree = Arc::new(Tree { by_id: groups.into_iter().map(|g| (g.id, g)).collect() });
         if let Ok(mut slot) = self.cached.write() {
             *slot = Some(Arc::clone(&tree));
         }

@@ -53,8 +53,7 @@ impl DerivedKey {
 
     fn mac(&self, data: &[u8]) -> [u8; 32] {
         // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
-        let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         mac.update(data);
         mac.finalize().into_bytes().into()
     }
@@ -94,8 +93,7 @@ impl Keys {
         let derive = |purpose: KeyPurpose| {
             let mut out = [0u8; 32];
             // 32 bytes is far below HKDF-SHA256's 8160-byte limit.
-            hk.expand(purpose.info(), &mut out)
-                .unwrap_or_else(|_| unreachable!());
+            hk.expand(purpose.info(), &mut out).unwrap_or_else(|_| unreachable!());
             DerivedKey(out)
         };
         Keys {

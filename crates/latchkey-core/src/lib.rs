@@ -46,9 +46,7 @@ impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             argon2: Argon2Settings::default(),
-            hash_threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             sessions: SessionSettings::default(),
         }
     }
@@ -78,13 +76,8 @@ impl Core {
         let hasher = PasswordHasher::new(config.argon2, config.hash_threads)?;
         let groups = GroupIndex::new(Arc::clone(&store));
         let events = Events::new(Arc::clone(&store), Arc::clone(&clock));
-        let sessions = Sessions::new(
-            Arc::clone(&store),
-            Arc::clone(&clock),
-            groups.clone(),
-            keys.cookie.clone(),
-            config.sessions,
-        );
+        let sessions =
+            Sessions::new(Arc::clone(&store), Arc::clone(&clock), groups.clone(), keys.cookie.clone(), config.sessions);
         let directory = Directory::new(
             Arc::clone(&store),
             Arc::clone(&clock),
@@ -103,17 +96,7 @@ impl Core {
             tokens: tokens.clone(),
             throttle: Throttle::new(10, 50, Duration::from_secs(300)),
         });
-        Ok(Arc::new(Core {
-            store,
-            clock,
-            keys,
-            groups,
-            directory,
-            sessions,
-            events,
-            tokens,
-            flows,
-        }))
+        Ok(Arc::new(Core { store, clock, keys, groups, directory, sessions, events, tokens, flows }))
     }
 
     /// Creates the default group and flows where missing.
@@ -127,10 +110,7 @@ impl Core {
             return Ok(None);
         }
         let token = self.tokens.create_setup_token().await?;
-        Ok(Some(format!(
-            "{}/if/flow/initial-setup/?token={token}",
-            base_url.trim_end_matches('/')
-        )))
+        Ok(Some(format!("{}/if/flow/initial-setup/?token={token}", base_url.trim_end_matches('/'))))
     }
 
     /// Keeps caches in step with changes made by any process sharing the store, and
@@ -157,11 +137,7 @@ impl Core {
         if let Err(e) = self.sessions.purge_expired().await {
             tracing::warn!(error = %e, "could not purge expired sessions");
         }
-        if let Err(e) = self
-            .store
-            .delete_expired_flow_states(self.clock.now())
-            .await
-        {
+        if let Err(e) = self.store.delete_expired_flow_states(self.clock.now()).await {
             tracing::warn!(error = %e, "could not purge expired flow states");
         }
     }

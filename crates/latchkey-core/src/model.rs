@@ -284,21 +284,13 @@ pub struct ListQuery {
 
 impl Default for ListQuery {
     fn default() -> Self {
-        ListQuery {
-            search: None,
-            ordering: None,
-            page: 1,
-            page_size: 100,
-        }
+        ListQuery { search: None, ordering: None, page: 1, page_size: 100 }
     }
 }
 
 impl ListQuery {
     pub fn all() -> Self {
-        ListQuery {
-            page_size: u32::MAX,
-            ..Default::default()
-        }
+        ListQuery { page_size: u32::MAX, ..Default::default() }
     }
     pub fn offset(&self) -> u64 {
         u64::from(self.page.max(1) - 1) * u64::from(self.page_size)

@@ -23,11 +23,7 @@ pub struct Argon2Settings {
 impl Default for Argon2Settings {
     /// OWASP's recommendation: m=19 MiB, t=2, p=1.
     fn default() -> Self {
-        Argon2Settings {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Argon2Settings { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
     }
 }
 
@@ -38,10 +34,7 @@ pub struct Verification {
     pub needs_rehash: bool,
 }
 
-const INVALID: Verification = Verification {
-    valid: false,
-    needs_rehash: false,
-};
+const INVALID: Verification = Verification { valid: false, needs_rehash: false };
 
 /// Pure hashing functions; [`PasswordHasher`] runs them off the runtime.
 #[derive(Debug, Clone)]
@@ -52,17 +45,9 @@ pub struct HashAlgorithms {
 
 impl HashAlgorithms {
     pub fn new(settings: Argon2Settings) -> Result<Self, CoreError> {
-        let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
-            None,
-        )
-        .map_err(|e| CoreError::invalid(format!("invalid argon2 parameters: {e}")))?;
-        Ok(HashAlgorithms {
-            settings,
-            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-        })
+        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+            .map_err(|e| CoreError::invalid(format!("invalid argon2 parameters: {e}")))?;
+        Ok(HashAlgorithms { settings, argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params) })
     }
 
     pub fn hash(&self, password: &str) -> Result<String, CoreError> {
@@ -76,10 +61,7 @@ impl HashAlgorithms {
     pub fn verify(&self, password: &str, stored: &str) -> Verification {
         if stored.starts_with("$argon2") {
             self.verify_argon2(password, stored)
-        } else if stored.starts_with("$2b$")
-            || stored.starts_with("$2y$")
-            || stored.starts_with("$2a$")
-        {
+        } else if stored.starts_with("$2b$") || stored.starts_with("$2y$") || stored.starts_with("$2a$") {
             legacy(bcrypt::verify(password, stored).unwrap_or(false))
         } else if stored.starts_with("pbkdf2_sha256$") {
             legacy(verify_django_pbkdf2(password, stored))
@@ -95,10 +77,7 @@ impl HashAlgorithms {
             return INVALID;
         };
         // Verification uses the parameters stored in the hash, whatever the algorithm variant.
-        if Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
-        {
+        if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
             return INVALID;
         }
         let current = parsed.algorithm.as_str() == "argon2id"
@@ -109,30 +88,20 @@ impl HashAlgorithms {
                         && p.p_cost() == self.settings.parallelism
                 })
                 .unwrap_or(false);
-        Verification {
-            valid: true,
-            needs_rehash: !current,
-        }
+        Verification { valid: true, needs_rehash: !current }
     }
 }
 
 fn legacy(valid: bool) -> Verification {
-    Verification {
-        valid,
-        needs_rehash: valid,
-    }
+    Verification { valid, needs_rehash: valid }
 }
 
 /// Django's `pbkdf2_sha256$<iterations>$<salt>$<base64 hash>`, as authentik stores passwords.
 fn verify_django_pbkdf2(password: &str, stored: &str) -> bool {
     let mut parts = stored.split('$');
-    let (Some(_), Some(iterations), Some(salt), Some(expected), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let (Some(_), Some(iterations), Some(salt), Some(expected), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     let Ok(iterations) = iterations.parse::<u32>() else {
@@ -166,9 +135,7 @@ pub struct PasswordHasher {
 
 impl std::fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PasswordHasher")
-            .field("settings", &self.algorithms.settings)
-            .finish()
+        f.debug_struct("PasswordHasher").field("settings", &self.algorithms.settings).finish()
     }
 }
 
@@ -198,11 +165,7 @@ impl PasswordHasher {
                 })
                 .map_err(|e| CoreError::Internal(format!("cannot start hashing thread: {e}")))?;
         }
-        Ok(PasswordHasher {
-            algorithms,
-            jobs: tx,
-            dummy_hash,
-        })
+        Ok(PasswordHasher { algorithms, jobs: tx, dummy_hash })
     }
 
     async fn run<T: Send + 'static>(
@@ -216,8 +179,7 @@ impl PasswordHasher {
                 let _ = tx.send(f(&algorithms));
             }))
             .map_err(|_| CoreError::Internal("password hashing pool stopped".into()))?;
-        rx.await
-            .map_err(|_| CoreError::Internal("password hashing job failed".into()))
+        rx.await.map_err(|_| CoreError::Internal("password hashing job failed".into()))
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, CoreError> {
@@ -225,11 +187,7 @@ impl PasswordHasher {
         self.run(move |a| a.hash(&password)).await?
     }
 
-    pub async fn verify(
-        &self,
-        password: &str,
-        stored: Option<&str>,
-    ) -> Result<Verification, CoreError> {
+    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<Verification, CoreError> {
         let password = password.to_owned();
         let (stored, real) = match stored {
             Some(s) => (Arc::<str>::from(s), true),
@@ -260,11 +218,7 @@ mod tests {
     use super::*;
 
     fn fast() -> Argon2Settings {
-        Argon2Settings {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        }
+        Argon2Settings { memory_kib: 1024, iterations: 1, parallelism: 1 }
     }
 
     #[test]
@@ -272,69 +226,32 @@ mod tests {
         let a = HashAlgorithms::new(fast()).unwrap();
         let h = a.hash("hunter2").unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert_eq!(
-            a.verify("hunter2", &h),
-            Verification {
-                valid: true,
-                needs_rehash: false
-            }
-        );
+        assert_eq!(a.verify("hunter2", &h), Verification { valid: true, needs_rehash: false });
         assert!(!a.verify("hunter3", &h).valid);
-        let stronger = HashAlgorithms::new(Argon2Settings {
-            memory_kib: 2048,
-            ..fast()
-        })
-        .unwrap();
-        assert_eq!(
-            stronger.verify("hunter2", &h),
-            Verification {
-                valid: true,
-                needs_rehash: true
-            }
-        );
+        let stronger = HashAlgorithms::new(Argon2Settings { memory_kib: 2048, ..fast() }).unwrap();
+        assert_eq!(stronger.verify("hunter2", &h), Verification { valid: true, needs_rehash: true });
     }
 
     #[test]
     fn imported_hashes_verify_and_need_rehash() {
         let a = HashAlgorithms::new(fast()).unwrap();
         let bcrypt_hash = bcrypt::hash("secret", 4).unwrap();
-        assert_eq!(
-            a.verify("secret", &bcrypt_hash),
-            Verification {
-                valid: true,
-                needs_rehash: true
-            }
-        );
+        assert_eq!(a.verify("secret", &bcrypt_hash), Verification { valid: true, needs_rehash: true });
         assert!(!a.verify("wrong", &bcrypt_hash).valid);
         // Django's documented test vector format: pbkdf2_sha256$<iter>$<salt>$<b64>.
         let mut out = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<sha2::Sha256>(b"secret", b"saltsalt", 1000, &mut out);
-        let django = format!(
-            "pbkdf2_sha256$1000$saltsalt${}",
-            base64::engine::general_purpose::STANDARD.encode(out)
-        );
+        let django = format!("pbkdf2_sha256$1000$saltsalt${}", base64::engine::general_purpose::STANDARD.encode(out));
         assert!(a.verify("secret", &django).valid);
         assert!(!a.verify("nope", &django).valid);
-        let sha512 =
-            sha_crypt::sha512_simple("secret", &sha_crypt::Sha512Params::new(5000).unwrap())
-                .unwrap();
+        let sha512 = sha_crypt::sha512_simple("secret", &sha_crypt::Sha512Params::new(5000).unwrap()).unwrap();
         assert!(a.verify("secret", &sha512).valid);
         assert!(!a.verify("nope", &sha512).valid);
-        let argon2i = argon2::Argon2::new(
-            Algorithm::Argon2i,
-            Version::V0x13,
-            Params::new(1024, 1, 1, None).unwrap(),
-        )
-        .hash_password(b"secret", &SaltString::generate(&mut rand::thread_rng()))
-        .unwrap()
-        .to_string();
-        assert_eq!(
-            a.verify("secret", &argon2i),
-            Verification {
-                valid: true,
-                needs_rehash: true
-            }
-        );
+        let argon2i = argon2::Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(1024, 1, 1, None).unwrap())
+            .hash_password(b"secret", &SaltString::generate(&mut rand::thread_rng()))
+            .unwrap()
+            .to_string();
+        assert_eq!(a.verify("secret", &argon2i), Verification { valid: true, needs_rehash: true });
         assert_eq!(a.verify("secret", "garbage"), INVALID);
         assert_eq!(a.verify("secret", "pbkdf2_sha256$x$y$z"), INVALID);
     }

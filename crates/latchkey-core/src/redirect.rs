@@ -36,14 +36,8 @@ mod tests {
         let o = "https://auth.example.test";
         assert_eq!(safe_next("/if/user/", o).as_deref(), Some("/if/user/"));
         assert_eq!(safe_next("/a?b=c#d", o).as_deref(), Some("/a?b=c#d"));
-        assert_eq!(
-            safe_next("https://auth.example.test/x", o).as_deref(),
-            Some("https://auth.example.test/x")
-        );
-        assert_eq!(
-            safe_next("https://auth.example.test:443/x", o).as_deref(),
-            Some("https://auth.example.test/x")
-        );
+        assert_eq!(safe_next("https://auth.example.test/x", o).as_deref(), Some("https://auth.example.test/x"));
+        assert_eq!(safe_next("https://auth.example.test:443/x", o).as_deref(), Some("https://auth.example.test/x"));
         for bad in [
             "//evil.test/",
             "/\\evil.test",

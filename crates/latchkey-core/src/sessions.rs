@@ -28,10 +28,7 @@ pub struct SessionSettings {
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        SessionSettings {
-            idle_timeout: Duration::hours(24),
-            lifetime: Duration::days(14),
-        }
+        SessionSettings { idle_timeout: Duration::hours(24), lifetime: Duration::days(14) }
     }
 }
 
@@ -82,14 +79,7 @@ impl Sessions {
             .time_to_live(std::time::Duration::from_secs(300))
             .support_invalidation_closures()
             .build();
-        Sessions {
-            store,
-            clock,
-            groups,
-            cookie_key,
-            settings,
-            cache,
-        }
+        Sessions { store, clock, groups, cookie_key, settings, cache }
     }
 
     pub fn settings(&self) -> SessionSettings {
@@ -97,12 +87,7 @@ impl Sessions {
     }
 
     /// Starts a session for `user`; returns the cookie value and the session.
-    pub async fn create(
-        &self,
-        user: &User,
-        amr: Vec<String>,
-        client: &ClientInfo,
-    ) -> Result<(String, Session)> {
+    pub async fn create(&self, user: &User, amr: Vec<String>, client: &ClientInfo) -> Result<(String, Session)> {
         let secret = random_secret(32);
         let key_hash = hash_secret(&secret);
         let now = self.clock.now();
@@ -117,10 +102,7 @@ impl Sessions {
             user_agent: client.user_agent.clone(),
             amr,
         };
-        self.store
-            .create_session(&session)
-            .await
-            .map_err(CoreError::from_store)?;
+        self.store.create_session(&session).await.map_err(CoreError::from_store)?;
         Ok((self.cookie_key.seal(&secret), session))
     }
 
@@ -140,30 +122,16 @@ impl Sessions {
             self.cache.invalidate(&key_hash);
             return Ok(None);
         }
-        let Some(session) = self
-            .store
-            .get_session(&key_hash)
-            .await
-            .map_err(CoreError::from_store)?
-        else {
+        let Some(session) = self.store.get_session(&key_hash).await.map_err(CoreError::from_store)? else {
             return Ok(None);
         };
-        let Some(user) = self
-            .store
-            .get_user(session.user_id)
-            .await
-            .map_err(CoreError::from_store)?
-        else {
+        let Some(user) = self.store.get_user(session.user_id).await.map_err(CoreError::from_store)? else {
             return Ok(None);
         };
         if !user.is_active {
             return Ok(None);
         }
-        let groups = self
-            .groups
-            .effective_groups(user.id)
-            .await
-            .map_err(CoreError::from_store)?;
+        let groups = self.groups.effective_groups(user.id).await.map_err(CoreError::from_store)?;
         let active = Arc::new(ActiveSession {
             persisted_seen: AtomicI64::new(session.last_seen.timestamp_millis()),
             user: SessionUser {
@@ -197,11 +165,7 @@ impl Sessions {
         if now_ms - seen < TOUCH_INTERVAL_MS {
             return;
         }
-        if active
-            .persisted_seen
-            .compare_exchange(seen, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
+        if active.persisted_seen.compare_exchange(seen, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err() {
             return; // another request is already writing it
         }
         let store = Arc::clone(&self.store);
@@ -218,10 +182,7 @@ impl Sessions {
     /// Ends one session by the hash of its key.
     pub async fn revoke(&self, key_hash: &str) -> Result<()> {
         self.cache.invalidate(key_hash);
-        self.store
-            .delete_session(key_hash)
-            .await
-            .map_err(CoreError::from_store)
+        self.store.delete_session(key_hash).await.map_err(CoreError::from_store)
     }
 
     /// Ends the session a cookie stands for (logout).
@@ -230,11 +191,7 @@ impl Sessions {
             return Ok(None);
         };
         let key_hash = hash_secret(secret);
-        let session = self
-            .store
-            .get_session(&key_hash)
-            .await
-            .map_err(CoreError::from_store)?;
+        let session = self.store.get_session(&key_hash).await.map_err(CoreError::from_store)?;
         self.revoke(&key_hash).await?;
         Ok(session)
     }
@@ -242,31 +199,19 @@ impl Sessions {
     /// Ends every session of a user; returns how many.
     pub async fn revoke_user(&self, user_id: Uuid) -> Result<u64> {
         self.forget_user(user_id);
-        self.store
-            .delete_user_sessions(user_id)
-            .await
-            .map_err(CoreError::from_store)
+        self.store.delete_user_sessions(user_id).await.map_err(CoreError::from_store)
     }
 
     pub async fn list(&self, user_id: Option<Uuid>) -> Result<Vec<Session>> {
-        self.store
-            .list_sessions(user_id)
-            .await
-            .map_err(CoreError::from_store)
+        self.store.list_sessions(user_id).await.map_err(CoreError::from_store)
     }
 
     /// Ends the session whose public id (or a unique prefix of it, at least 6 characters) is given.
     pub async fn revoke_by_id(&self, id: &str) -> Result<Session> {
         if id.len() < 6 {
-            return Err(CoreError::invalid(
-                "a session id needs at least 6 characters",
-            ));
+            return Err(CoreError::invalid("a session id needs at least 6 characters"));
         }
-        let mut found = self
-            .store
-            .find_sessions_by_id(id)
-            .await
-            .map_err(CoreError::from_store)?;
+        let mut found = self.store.find_sessions_by_id(id).await.map_err(CoreError::from_store)?;
         match found.len() {
             0 => Err(CoreError::NotFound(format!("session '{id}'"))),
             1 => {
@@ -274,17 +219,13 @@ impl Sessions {
                 self.revoke(&session.key_hash).await?;
                 Ok(session)
             }
-            _ => Err(CoreError::invalid(format!(
-                "session id '{id}' is ambiguous; give more characters"
-            ))),
+            _ => Err(CoreError::invalid(format!("session id '{id}' is ambiguous; give more characters"))),
         }
     }
 
     fn forget_user(&self, user_id: Uuid) {
         // Only fails if closures are unsupported, which the builder enabled.
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, s| s.user.id == user_id);
+        let _ = self.cache.invalidate_entries_if(move |_, s| s.user.id == user_id);
     }
 
     /// Applies a change made by any process (this one included) to the cache.
@@ -309,9 +250,6 @@ impl Sessions {
     /// Housekeeping: removes expired sessions from the store.
     pub async fn purge_expired(&self) -> Result<u64> {
         let now = self.clock.now();
-        self.store
-            .delete_expired_sessions(now, now - self.settings.idle_timeout)
-            .await
-            .map_err(CoreError::from_store)
+        self.store.delete_expired_sessions(now, now - self.settings.idle_timeout).await.map_err(CoreError::from_store)
     }
 }

@@ -26,19 +26,9 @@ pub trait UserStore: Send + Sync {
     /// Updates username, name, email, is_active, kind, attributes. Records `Change::User`.
     async fn update_user(&self, user: &User) -> StoreResult<()>;
     /// Sets the hash and `password_changed_at`. Records `Change::User`.
-    async fn set_password_hash(
-        &self,
-        id: Uuid,
-        hash: &str,
-        changed_at: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    async fn set_password_hash(&self, id: Uuid, hash: &str, changed_at: DateTime<Utc>) -> StoreResult<()>;
     /// Replaces the hash only if it is still `old_hash` (rehash on login must not undo a password change).
-    async fn upgrade_password_hash(
-        &self,
-        id: Uuid,
-        old_hash: &str,
-        new_hash: &str,
-    ) -> StoreResult<()>;
+    async fn upgrade_password_hash(&self, id: Uuid, old_hash: &str, new_hash: &str) -> StoreResult<()>;
     async fn set_last_login(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()>;
     /// Deletes the user, memberships, sessions and tokens. Records `Change::User`.
     async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
@@ -82,11 +72,7 @@ pub trait SessionStore: Send + Sync {
     /// Returns how many ended. Records `Change::User`.
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
     /// Housekeeping: drops sessions past their absolute expiry or idle since `idle_before`.
-    async fn delete_expired_sessions(
-        &self,
-        now: DateTime<Utc>,
-        idle_before: DateTime<Utc>,
-    ) -> StoreResult<u64>;
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>, idle_before: DateTime<Utc>) -> StoreResult<u64>;
 }
 
 #[async_trait]
@@ -108,11 +94,7 @@ pub trait FlowStore: Send + Sync {
     async fn flow_bindings(&self, flow_id: Uuid) -> StoreResult<Vec<(FlowStageBinding, Stage)>>;
     async fn delete_binding(&self, id: Uuid) -> StoreResult<()>;
 
-    async fn get_flow_state(
-        &self,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<FlowStateRecord>>;
+    async fn get_flow_state(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<FlowStateRecord>>;
     async fn put_flow_state(&self, state: &FlowStateRecord) -> StoreResult<()>;
     async fn delete_flow_state(&self, key: &str) -> StoreResult<()>;
     async fn delete_expired_flow_states(&self, now: DateTime<Utc>) -> StoreResult<u64>;
@@ -122,12 +104,7 @@ pub trait FlowStore: Send + Sync {
 pub trait TokenStore: Send + Sync {
     async fn create_token(&self, token: &Token) -> StoreResult<()>;
     /// An unexpired, unused token of that kind with that secret hash.
-    async fn find_token(
-        &self,
-        kind: TokenKind,
-        secret_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Token>>;
+    async fn find_token(&self, kind: TokenKind, secret_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<Token>>;
     /// Marks a one-time token used; `false` if it was already used, expired or missing.
     /// Atomic: of two concurrent calls exactly one wins.
     async fn consume_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
@@ -139,11 +116,7 @@ pub trait TokenStore: Send + Sync {
 pub trait EventStore: Send + Sync {
     async fn record_event(&self, event: &Event) -> StoreResult<()>;
     /// Newest first.
-    async fn list_events(
-        &self,
-        filter: &EventFilter,
-        query: &ListQuery,
-    ) -> StoreResult<Page<Event>>;
+    async fn list_events(&self, filter: &EventFilter, query: &ListQuery) -> StoreResult<Page<Event>>;
 }
 
 #[async_trait]
@@ -156,16 +129,7 @@ pub trait SettingsStore: Send + Sync {
 /// The whole store, as services receive it (`Arc<dyn Store>`).
 #[async_trait]
 pub trait Store:
-    UserStore
-    + GroupStore
-    + SessionStore
-    + FlowStore
-    + TokenStore
-    + EventStore
-    + SettingsStore
-    + Send
-    + Sync
-    + 'static
+    UserStore + GroupStore + SessionStore + FlowStore + TokenStore + EventStore + SettingsStore + Send + Sync + 'static
 {
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> StoreResult<()>;

@@ -16,35 +16,22 @@ pub struct Throttle {
 impl Throttle {
     /// Failures are forgotten `window` after the last one.
     pub fn new(account_limit: u32, address_limit: u32, window: Duration) -> Self {
-        let cache = || {
-            Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(window)
-                .build()
-        };
-        Throttle {
-            per_account: cache(),
-            per_address: cache(),
-            account_limit,
-            address_limit,
-        }
+        let cache = || Cache::builder().max_capacity(100_000).time_to_idle(window).build();
+        Throttle { per_account: cache(), per_address: cache(), account_limit, address_limit }
     }
 
     /// Keys by the login as typed (lower-cased), so unknown accounts throttle exactly like real ones.
     pub fn is_blocked(&self, login: &str, address: Option<&str>) -> bool {
-        let account =
-            self.per_account.get(&login.to_lowercase()).unwrap_or(0) >= self.account_limit;
+        let account = self.per_account.get(&login.to_lowercase()).unwrap_or(0) >= self.account_limit;
         let addr = address.and_then(|a| self.per_address.get(a)).unwrap_or(0) >= self.address_limit;
         account || addr
     }
 
     pub fn failure(&self, login: &str, address: Option<&str>) {
         let key = login.to_lowercase();
-        self.per_account
-            .insert(key.clone(), self.per_account.get(&key).unwrap_or(0) + 1);
+        self.per_account.insert(key.clone(), self.per_account.get(&key).unwrap_or(0) + 1);
         if let Some(a) = address {
-            self.per_address
-                .insert(a.to_string(), self.per_address.get(a).unwrap_or(0) + 1);
+            self.per_address.insert(a.to_string(), self.per_address.get(a).unwrap_or(0) + 1);
         }
     }
 

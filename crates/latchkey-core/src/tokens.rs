@@ -24,11 +24,7 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, events: Events) -> Self {
-        Tokens {
-            store,
-            clock,
-            events,
-        }
+        Tokens { store, clock, events }
     }
 
     async fn issue(
@@ -56,10 +52,7 @@ impl Tokens {
             expires_at: valid_for.map(|d| now + d),
             used_at: None,
         };
-        self.store
-            .create_token(&token)
-            .await
-            .map_err(CoreError::from_store)?;
+        self.store.create_token(&token).await.map_err(CoreError::from_store)?;
         Ok((secret, token))
     }
 
@@ -71,9 +64,7 @@ impl Tokens {
         description: &str,
         client: &ClientInfo,
     ) -> Result<(String, Token)> {
-        let issued = self
-            .issue(TokenKind::Api, Some(user), valid_for, description)
-            .await?;
+        let issued = self.issue(TokenKind::Api, Some(user), valid_for, description).await?;
         self.events
             .record(
                 "token_created",
@@ -93,40 +84,16 @@ impl Tokens {
         let Some(user_id) = token.user_id else {
             return Ok(None);
         };
-        let user = self
-            .store
-            .get_user(user_id)
-            .await
-            .map_err(CoreError::from_store)?;
+        let user = self.store.get_user(user_id).await.map_err(CoreError::from_store)?;
         Ok(user.filter(|u| u.is_active))
     }
 
     pub async fn create_setup_token(&self) -> Result<String> {
-        Ok(self
-            .issue(
-                TokenKind::Setup,
-                None,
-                Some(SETUP_LINK_VALIDITY),
-                "initial setup",
-            )
-            .await?
-            .0)
+        Ok(self.issue(TokenKind::Setup, None, Some(SETUP_LINK_VALIDITY), "initial setup").await?.0)
     }
 
-    pub async fn create_recovery_token(
-        &self,
-        user: &User,
-        valid_for: Duration,
-        client: &ClientInfo,
-    ) -> Result<String> {
-        let (secret, token) = self
-            .issue(
-                TokenKind::Recovery,
-                Some(user),
-                Some(valid_for),
-                "recovery link",
-            )
-            .await?;
+    pub async fn create_recovery_token(&self, user: &User, valid_for: Duration, client: &ClientInfo) -> Result<String> {
+        let (secret, token) = self.issue(TokenKind::Recovery, Some(user), Some(valid_for), "recovery link").await?;
         self.events
             .record(
                 "recovery_link_created",
@@ -152,16 +119,10 @@ impl Tokens {
 
     /// Uses up a one-time token; `false` if someone else already did.
     pub async fn consume(&self, token: &Token) -> Result<bool> {
-        self.store
-            .consume_token(token.id, self.clock.now())
-            .await
-            .map_err(CoreError::from_store)
+        self.store.consume_token(token.id, self.clock.now()).await.map_err(CoreError::from_store)
     }
 
     pub async fn list(&self, user_id: Option<Uuid>) -> Result<Vec<Token>> {
-        self.store
-            .list_tokens(user_id)
-            .await
-            .map_err(CoreError::from_store)
+        self.store.list_tokens(user_id).await.map_err(CoreError::from_store)
     }
 }

@@ -63,12 +63,7 @@ fn default_flows() -> Vec<DefaultFlow> {
 /// from several instances (upserts by unique name and slug).
 pub async fn ensure_defaults(store: &dyn Store) -> Result<()> {
     let e = CoreError::from_store;
-    if store
-        .get_group_by_name(ADMINS_GROUP)
-        .await
-        .map_err(e)?
-        .is_none()
-    {
+    if store.get_group_by_name(ADMINS_GROUP).await.map_err(e)?.is_none() {
         let created = store
             .create_group(NewGroup {
                 id: Uuid::now_v7(),

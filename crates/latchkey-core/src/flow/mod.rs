@@ -45,21 +45,14 @@ pub struct Challenge {
 
 impl Challenge {
     pub fn new(component: &str) -> Self {
-        Challenge {
-            component: component.to_string(),
-            data: Map::new(),
-            errors: FieldErrors::new(),
-        }
+        Challenge { component: component.to_string(), data: Map::new(), errors: FieldErrors::new() }
     }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.data.insert(key.to_string(), value.into());
         self
     }
     pub fn error(mut self, field: &str, message: &str) -> Self {
-        self.errors
-            .entry(field.to_string())
-            .or_default()
-            .push(message.to_string());
+        self.errors.entry(field.to_string()).or_default().push(message.to_string());
         self
     }
     pub fn redirect(to: &str) -> Self {
@@ -197,10 +190,7 @@ fn store_err(e: crate::StoreError) -> CoreError {
 
 impl FlowEngine {
     pub fn new(services: FlowServices) -> Self {
-        let mut engine = FlowEngine {
-            services,
-            handlers: Arc::new(HashMap::new()),
-        };
+        let mut engine = FlowEngine { services, handlers: Arc::new(HashMap::new()) };
         for h in stages::builtin() {
             engine.register(h);
         }
@@ -235,13 +225,7 @@ impl FlowEngine {
 
     async fn load_state(&self, key: &str) -> Result<Option<FlowState>> {
         let now = self.services.clock.now();
-        let Some(record) = self
-            .services
-            .store
-            .get_flow_state(key, now)
-            .await
-            .map_err(store_err)?
-        else {
+        let Some(record) = self.services.store.get_flow_state(key, now).await.map_err(store_err)? else {
             return Ok(None);
         };
         // State written by an older version that no longer parses is simply restarted.
@@ -250,31 +234,14 @@ impl FlowEngine {
 
     async fn save_state(&self, key: &str, state: &FlowState) -> Result<()> {
         let data = serde_json::to_value(state).map_err(|e| CoreError::Internal(e.to_string()))?;
-        let record = FlowStateRecord {
-            key: key.to_string(),
-            data,
-            expires_at: self.services.clock.now() + FLOW_STATE_TTL,
-        };
-        self.services
-            .store
-            .put_flow_state(&record)
-            .await
-            .map_err(store_err)
+        let record =
+            FlowStateRecord { key: key.to_string(), data, expires_at: self.services.clock.now() + FLOW_STATE_TTL };
+        self.services.store.put_flow_state(&record).await.map_err(store_err)
     }
 
     /// Builds a fresh plan for `flow`.
-    async fn plan(
-        &self,
-        flow: &Flow,
-        query: BTreeMap<String, String>,
-        req: &RequestInfo,
-    ) -> Result<FlowState> {
-        let bindings = self
-            .services
-            .store
-            .flow_bindings(flow.id)
-            .await
-            .map_err(store_err)?;
+    async fn plan(&self, flow: &Flow, query: BTreeMap<String, String>, req: &RequestInfo) -> Result<FlowState> {
+        let bindings = self.services.store.flow_bindings(flow.id).await.map_err(store_err)?;
         let plan = bindings
             .into_iter()
             .map(|(binding, stage): (_, Stage)| PlannedStage {
@@ -287,9 +254,7 @@ impl FlowEngine {
             .collect();
         let next = query.get("next").and_then(|n| safe_next(n, &req.origin));
         let pending_user = match flow.designation {
-            FlowDesignation::Authentication
-            | FlowDesignation::Enrollment
-            | FlowDesignation::Recovery => None,
+            FlowDesignation::Authentication | FlowDesignation::Enrollment | FlowDesignation::Recovery => None,
             _ => req.session.as_ref().map(|s| s.user.id),
         };
         Ok(FlowState {
@@ -309,18 +274,10 @@ impl FlowEngine {
 
     /// Refuses to start a flow whose authentication requirement the request does not meet.
     fn check_requirement(flow: &Flow, req: &RequestInfo) -> Option<String> {
-        let requirement = flow
-            .settings
-            .get("authentication")
-            .and_then(Value::as_str)
-            .unwrap_or("none");
+        let requirement = flow.settings.get("authentication").and_then(Value::as_str).unwrap_or("none");
         match requirement {
-            "require_authenticated" if req.session.is_none() => {
-                Some("You need to log in first.".into())
-            }
-            "require_unauthenticated" if req.session.is_some() => {
-                Some("You are already logged in.".into())
-            }
+            "require_authenticated" if req.session.is_none() => Some("You need to log in first.".into()),
+            "require_unauthenticated" if req.session.is_some() => Some("You are already logged in.".into()),
             "require_superuser" if !req.session.as_ref().is_some_and(|s| s.user.is_superuser) => {
                 Some("This requires an administrator.".into())
             }
@@ -353,13 +310,7 @@ impl FlowEngine {
     }
 
     /// Answers the current stage of the flow `slug`.
-    pub async fn submit(
-        &self,
-        flow_key: &str,
-        slug: &str,
-        answer: Value,
-        req: &RequestInfo,
-    ) -> Result<FlowResponse> {
+    pub async fn submit(&self, flow_key: &str, slug: &str, answer: Value, req: &RequestInfo) -> Result<FlowResponse> {
         let flow = self.load_flow(slug).await?;
         let key = Self::state_key(flow_key, slug);
         let mut state = match self.load_state(&key).await? {
@@ -412,20 +363,9 @@ impl FlowEngine {
         let mut pending = first;
         loop {
             let Some(planned) = state.plan.get(state.index).cloned() else {
-                self.services
-                    .store
-                    .delete_flow_state(key)
-                    .await
-                    .map_err(store_err)?;
-                let to = state
-                    .next
-                    .clone()
-                    .unwrap_or_else(|| default_target(state.designation));
-                return Ok(FlowResponse {
-                    challenge: Challenge::redirect(&to),
-                    effects,
-                    malformed: false,
-                });
+                self.services.store.delete_flow_state(key).await.map_err(store_err)?;
+                let to = state.next.clone().unwrap_or_else(|| default_target(state.designation));
+                return Ok(FlowResponse { challenge: Challenge::redirect(&to), effects, malformed: false });
             };
             let step = match pending.take() {
                 Some(step) => step,
@@ -453,24 +393,12 @@ impl FlowEngine {
                 }
                 Step::Malformed(challenge) => {
                     self.save_state(key, &state).await?;
-                    return Ok(FlowResponse {
-                        challenge: with_flow_info(challenge, &state),
-                        effects,
-                        malformed: true,
-                    });
+                    return Ok(FlowResponse { challenge: with_flow_info(challenge, &state), effects, malformed: true });
                 }
                 Step::Deny(message) => {
-                    self.services
-                        .store
-                        .delete_flow_state(key)
-                        .await
-                        .map_err(store_err)?;
+                    self.services.store.delete_flow_state(key).await.map_err(store_err)?;
                     let challenge = with_flow_info(Challenge::access_denied(&message), &state);
-                    return Ok(FlowResponse {
-                        challenge,
-                        effects,
-                        malformed: false,
-                    });
+                    return Ok(FlowResponse { challenge, effects, malformed: false });
                 }
             }
         }
@@ -502,13 +430,7 @@ fn with_flow_info(mut challenge: Challenge, state: &FlowState) -> Challenge {
 }
 
 fn denied(flow: &Flow, reason: &str) -> FlowResponse {
-    let challenge = Challenge::access_denied(reason).with(
-        "flow_info",
-        json!({ "title": flow.title, "slug": flow.slug, "designation": flow.designation }),
-    );
-    FlowResponse {
-        challenge,
-        effects: Effects::default(),
-        malformed: false,
-    }
+    let challenge = Challenge::access_denied(reason)
+        .with("flow_info", json!({ "title": flow.title, "slug": flow.slug, "designation": flow.designation }));
+    FlowResponse { challenge, effects: Effects::default(), malformed: false }
 }

@@ -27,39 +27,23 @@ pub const THROTTLED: &str = "Too many failed attempts. Try again in a few minute
 const REQUIRED: &str = "This field is required.";
 
 /// A required string field of an answer, or the challenge to show with the error.
-fn required_str<'a>(
-    answer: &'a Map<String, Value>,
-    field: &str,
-    challenge: &Challenge,
-) -> Result<&'a str, Step> {
+fn required_str<'a>(answer: &'a Map<String, Value>, field: &str, challenge: &Challenge) -> Result<&'a str, Step> {
     match answer.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) | None | Some(Value::Null) => {
             Err(Step::Malformed(challenge.clone().error(field, REQUIRED)))
         }
-        Some(_) => Err(Step::Malformed(
-            challenge
-                .clone()
-                .error(field, "This field must be a string."),
-        )),
+        Some(_) => Err(Step::Malformed(challenge.clone().error(field, "This field must be a string."))),
     }
 }
 
 fn optional_str<'a>(answer: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
-    answer
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+    answer.get(field).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
 }
 
 fn string_list(config: &Value, key: &str, default: &[&str]) -> Vec<String> {
     match config.get(key).and_then(Value::as_array) {
-        Some(items) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
+        Some(items) => items.iter().filter_map(Value::as_str).map(String::from).collect(),
         None => default.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -84,11 +68,7 @@ async fn login_failed(
             json!({ "reason": reason, "flow": cx.state.flow_slug }),
         )
         .await;
-    let message = if reason == "throttled" {
-        THROTTLED
-    } else {
-        INVALID_CREDENTIALS
-    };
+    let message = if reason == "throttled" { THROTTLED } else { INVALID_CREDENTIALS };
     Step::Show(challenge.error("non_field_errors", message))
 }
 
@@ -98,22 +78,10 @@ pub struct Identification;
 impl Identification {
     fn challenge_for(config: &Value) -> Challenge {
         let mut c = Challenge::new("identification")
-            .with(
-                "user_fields",
-                string_list(config, "user_fields", &["username", "email"]),
-            )
-            .with(
-                "password_fields",
-                config
-                    .get("password_fields")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            )
+            .with("user_fields", string_list(config, "user_fields", &["username", "email"]))
+            .with("password_fields", config.get("password_fields").and_then(Value::as_bool).unwrap_or(false))
             .with("primary_action", "Log in");
-        for (key, field) in [
-            ("recovery_flow", "recovery_url"),
-            ("enrollment_flow", "enroll_url"),
-        ] {
+        for (key, field) in [("recovery_flow", "recovery_url"), ("enrollment_flow", "enroll_url")] {
             if let Some(slug) = config.get(key).and_then(Value::as_str) {
                 c = c.with(field, format!("/if/flow/{slug}/"));
             }
@@ -144,10 +112,7 @@ impl StageHandler for Identification {
     fn validate_config(&self, config: &Value) -> Result<()> {
         let fields = string_list(config, "user_fields", &["username", "email"]);
         if fields.is_empty() || fields.iter().any(|f| f != "username" && f != "email") {
-            return Err(CoreError::invalid_field(
-                "user_fields",
-                "user_fields must list username and/or email",
-            ));
+            return Err(CoreError::invalid_field("user_fields", "user_fields must list username and/or email"));
         }
         Ok(())
     }
@@ -158,11 +123,7 @@ impl StageHandler for Identification {
 
     async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
         let challenge = Self::challenge_for(cx.config);
-        let with_password = challenge
-            .data
-            .get("password_fields")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let with_password = challenge.data.get("password_fields").and_then(Value::as_bool).unwrap_or(false);
         let login = match required_str(answer, "uid_field", &challenge) {
             Ok(l) => l.trim().to_string(),
             Err(step) => return Ok(step),
@@ -178,20 +139,11 @@ impl StageHandler for Identification {
             Ok(p) => p,
             Err(step) => return Ok(step),
         };
-        if cx
-            .services
-            .throttle
-            .is_blocked(&login, cx.request.client.ip.as_deref())
-        {
+        if cx.services.throttle.is_blocked(&login, cx.request.client.ip.as_deref()) {
             return Ok(login_failed(cx, &login, None, "throttled", challenge).await);
         }
         let user = Self::lookup(cx, &login).await?;
-        if cx
-            .services
-            .directory
-            .check_password(user.as_ref(), password)
-            .await?
-        {
+        if cx.services.directory.check_password(user.as_ref(), password).await? {
             if let Some(user) = user {
                 cx.services.throttle.success(&login);
                 cx.state.pending_user = Some(user.id);
@@ -200,11 +152,7 @@ impl StageHandler for Identification {
                 return Ok(Step::Next);
             }
         }
-        let reason = if user.is_some() {
-            "invalid_password"
-        } else {
-            "unknown_user"
-        };
+        let reason = if user.is_some() { "invalid_password" } else { "unknown_user" };
         Ok(login_failed(cx, &login, user.as_ref(), reason, challenge).await)
     }
 }
@@ -220,57 +168,33 @@ impl StageHandler for Password {
 
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
         let Some(login) = cx.state.pending_login.clone() else {
-            return Ok(Step::Deny(
-                "No user was identified before the password step.".into(),
-            ));
+            return Ok(Step::Deny("No user was identified before the password step.".into()));
         };
-        Ok(Step::Show(
-            Challenge::new("password").with("pending_user", login),
-        ))
+        Ok(Step::Show(Challenge::new("password").with("pending_user", login)))
     }
 
     async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
         let Some(login) = cx.state.pending_login.clone() else {
-            return Ok(Step::Deny(
-                "No user was identified before the password step.".into(),
-            ));
+            return Ok(Step::Deny("No user was identified before the password step.".into()));
         };
         let challenge = Challenge::new("password").with("pending_user", login.clone());
         let password = match required_str(answer, "password", &challenge) {
             Ok(p) => p,
             Err(step) => return Ok(step),
         };
-        if cx
-            .services
-            .throttle
-            .is_blocked(&login, cx.request.client.ip.as_deref())
-        {
+        if cx.services.throttle.is_blocked(&login, cx.request.client.ip.as_deref()) {
             return Ok(login_failed(cx, &login, None, "throttled", challenge).await);
         }
         let user = match cx.state.pending_user {
-            Some(id) => cx
-                .services
-                .store
-                .get_user(id)
-                .await
-                .map_err(CoreError::from_store)?,
+            Some(id) => cx.services.store.get_user(id).await.map_err(CoreError::from_store)?,
             None => None,
         };
-        if cx
-            .services
-            .directory
-            .check_password(user.as_ref(), password)
-            .await?
-        {
+        if cx.services.directory.check_password(user.as_ref(), password).await? {
             cx.services.throttle.success(&login);
             cx.state.amr.push("pwd".into());
             return Ok(Step::Next);
         }
-        let reason = if user.is_some() {
-            "invalid_password"
-        } else {
-            "unknown_user"
-        };
+        let reason = if user.is_some() { "invalid_password" } else { "unknown_user" };
         Ok(login_failed(cx, &login, user.as_ref(), reason, challenge).await)
     }
 }
@@ -288,13 +212,7 @@ impl StageHandler for UserLogin {
         let Some(user_id) = cx.state.pending_user else {
             return Ok(Step::Deny("No user was authenticated in this flow.".into()));
         };
-        let Some(user) = cx
-            .services
-            .store
-            .get_user(user_id)
-            .await
-            .map_err(CoreError::from_store)?
-        else {
+        let Some(user) = cx.services.store.get_user(user_id).await.map_err(CoreError::from_store)? else {
             return Ok(Step::Deny("No user was authenticated in this flow.".into()));
         };
         if !user.is_active {
@@ -306,11 +224,7 @@ impl StageHandler for UserLogin {
         }
         let mut amr = cx.state.amr.clone();
         amr.dedup();
-        let (cookie, session) = cx
-            .services
-            .sessions
-            .create(&user, amr.clone(), &cx.request.client)
-            .await?;
+        let (cookie, session) = cx.services.sessions.create(&user, amr.clone(), &cx.request.client).await?;
         cx.effects.set_session = Some(cookie);
         cx.effects.logins_ok += 1;
         cx.services.directory.record_login(&user).await?;
@@ -343,20 +257,10 @@ impl StageHandler for UserLogout {
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
         if let Some(cookie) = &cx.request.session_cookie {
             if let Some(session) = cx.services.sessions.revoke_cookie(cookie).await? {
-                let user = cx
-                    .services
-                    .store
-                    .get_user(session.user_id)
-                    .await
-                    .map_err(CoreError::from_store)?;
+                let user = cx.services.store.get_user(session.user_id).await.map_err(CoreError::from_store)?;
                 cx.services
                     .events
-                    .record(
-                        "logout",
-                        user.as_ref(),
-                        &cx.request.client,
-                        json!({ "session": session.id }),
-                    )
+                    .record("logout", user.as_ref(), &cx.request.client, json!({ "session": session.id }))
                     .await;
             }
         }
@@ -379,11 +283,7 @@ impl StageHandler for Deny {
     }
 
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
-        let message = cx
-            .config
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("Access denied.");
+        let message = cx.config.get("message").and_then(Value::as_str).unwrap_or("Access denied.");
         Ok(Step::Deny(message.to_string()))
     }
 
@@ -429,12 +329,7 @@ impl InitialSetup {
         if cx.services.directory.admin_exists().await? {
             return Ok(Err(SETUP_DONE));
         }
-        let secret = cx
-            .state
-            .query
-            .get("token")
-            .map(String::as_str)
-            .unwrap_or("");
+        let secret = cx.state.query.get("token").map(String::as_str).unwrap_or("");
         match cx.services.tokens.find(TokenKind::Setup, secret).await? {
             Some(token) => Ok(Ok(token)),
             None => Ok(Err(SETUP_LINK_INVALID)),
@@ -470,20 +365,10 @@ impl StageHandler for InitialSetup {
         if !missing.errors.is_empty() {
             return Ok(Step::Malformed(missing));
         }
-        let username = optional_str(answer, "username")
-            .unwrap_or("admin")
-            .to_string();
-        let email = optional_str(answer, "email")
-            .unwrap_or_default()
-            .to_string();
-        let password = answer
-            .get("password")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let repeat = answer
-            .get("password_repeat")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let username = optional_str(answer, "username").unwrap_or("admin").to_string();
+        let email = optional_str(answer, "email").unwrap_or_default().to_string();
+        let password = answer.get("password").and_then(Value::as_str).unwrap_or_default();
+        let repeat = answer.get("password_repeat").and_then(Value::as_str).unwrap_or_default();
         let mut refused = base.clone();
         if let Err(CoreError::Invalid { message, .. }) = validate_username(&username) {
             refused = refused.error("username", &message);
@@ -492,22 +377,12 @@ impl StageHandler for InitialSetup {
             refused = refused.error("email", &message);
         }
         if password.chars().count() < MIN_PASSWORD_LENGTH {
-            refused = refused.error(
-                "password",
-                &format!("Use at least {MIN_PASSWORD_LENGTH} characters."),
-            );
+            refused = refused.error("password", &format!("Use at least {MIN_PASSWORD_LENGTH} characters."));
         }
         if password != repeat {
             refused = refused.error("password_repeat", "The passwords do not match.");
         }
-        if refused.errors.is_empty()
-            && cx
-                .services
-                .directory
-                .find_by_login(&username)
-                .await?
-                .is_some()
-        {
+        if refused.errors.is_empty() && cx.services.directory.find_by_login(&username).await?.is_some() {
             refused = refused.error("username", "This username is already taken.");
         }
         if !refused.errors.is_empty() {
@@ -531,15 +406,7 @@ impl StageHandler for InitialSetup {
                 &cx.request.client,
             )
             .await?;
-        cx.services
-            .events
-            .record(
-                "setup_completed",
-                Some(&user),
-                &cx.request.client,
-                json!({}),
-            )
-            .await;
+        cx.services.events.record("setup_completed", Some(&user), &cx.request.client, json!({})).await;
         cx.state.pending_user = Some(user.id);
         cx.state.pending_login = Some(user.username);
         cx.state.amr.push("pwd".into());
