@@ -1,1 +1,85 @@
+//! Latchkey's HTTP adapter: thin handlers that translate HTTP to calls on the core.
+//! One router per area, merged in [`router`].
 
+pub mod error;
+pub mod flows;
+pub mod health;
+pub mod meta;
+pub mod metrics;
+pub mod recovery;
+pub mod request;
+pub mod state;
+pub mod templates;
+pub mod user;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::routing::{get, MethodRouter};
+use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use state::{AppState, WebConfig};
+
+/// Bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; \
+                   object-src 'none'; base-uri 'self'; frame-ancestors 'none'";
+
+/// Registers `path` (ending in `/`) and the same path without the slash: paths end with a
+/// slash as authentik's do, and API clients that drop it get an answer, not a redirect.
+fn both(router: Router<AppState>, path: &str, method: MethodRouter<AppState>) -> Router<AppState> {
+    let bare = path.trim_end_matches('/');
+    let router = router.route(path, method.clone());
+    if bare.is_empty() || bare == path {
+        router
+    } else {
+        router.route(bare, method)
+    }
+}
+
+fn flow_routes() -> Router<AppState> {
+    let r = Router::new();
+    let r = both(r, "/api/v1/flows/executor/{slug}/", get(flows::executor_get).post(flows::executor_post));
+    both(r, "/if/flow/{slug}/", get(flows::page_get).post(flows::page_post))
+}
+
+fn portal_routes() -> Router<AppState> {
+    let r = Router::new().route("/", get(user::root));
+    let r = both(r, "/if/user/", get(user::portal));
+    both(r, "/recovery/use-token/{token}/", get(recovery::confirm).post(recovery::redeem))
+}
+
+fn health_routes() -> Router<AppState> {
+    let r = Router::new();
+    let r = both(r, "/-/health/live/", get(health::live));
+    both(r, "/-/health/ready/", get(health::ready))
+}
+
+async fn stylesheet() -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("../static/style.css"),
+    )
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(flow_routes())
+        .merge(portal_routes())
+        .merge(health_routes())
+        .route("/static/style.css", get(stylesheet))
+        .fallback(flows::fallback)
+        .layer(axum::middleware::from_fn(metrics::middleware))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(SetResponseHeaderLayer::if_not_present(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
+        .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(axum::middleware::from_fn(meta::middleware))
+        .with_state(state)
+}

@@ -1,0 +1,34 @@
+//! What every handler shares.
+
+use ipnet::IpNet;
+use latchkey_core::Core;
+use std::path::PathBuf;
+use std::sync::Arc;
+use url::Url;
+
+use crate::templates::Templates;
+
+/// Settings of the HTTP layer, from the binary's configuration.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Public base URL; when unset it is derived from each request.
+    pub external_url: Option<Url>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Folder whose templates override the embedded ones.
+    pub template_dir: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Arc<Core>,
+    pub config: Arc<WebConfig>,
+    pub templates: Arc<Templates>,
+}
+
+impl AppState {
+    pub fn new(core: Arc<Core>, config: WebConfig) -> Self {
+        let templates = Arc::new(Templates::new(config.template_dir.clone()));
+        AppState { core, config: Arc::new(config), templates }
+    }
+}

@@ -1,0 +1,89 @@
+//! Server-rendered pages. Templates are embedded in the binary; a file of the same name in
+//! the data directory's `templates/` folder overrides one.
+
+use axum::http::StatusCode;
+use minijinja::{Environment, Value};
+use std::path::PathBuf;
+
+/// (name, source) of every embedded template.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("base.html", include_str!("../templates/base.html")),
+    ("flow.html", include_str!("../templates/flow.html")),
+    ("error.html", include_str!("../templates/error.html")),
+    ("user.html", include_str!("../templates/user.html")),
+    ("recovery.html", include_str!("../templates/recovery.html")),
+    ("stages/identification.html", include_str!("../templates/stages/identification.html")),
+    ("stages/password.html", include_str!("../templates/stages/password.html")),
+    ("stages/prompt.html", include_str!("../templates/stages/prompt.html")),
+    ("stages/access_denied.html", include_str!("../templates/stages/access_denied.html")),
+    ("stages/generic.html", include_str!("../templates/stages/generic.html")),
+];
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+fn embedded(name: &str) -> Option<&'static str> {
+    EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, src)| *src)
+}
+
+impl Templates {
+    pub fn new(override_dir: Option<PathBuf>) -> Self {
+        let mut env = Environment::new();
+        env.set_loader(move |name| {
+            if let Some(dir) = &override_dir {
+                // Names come from our own code, but never let one climb out of the folder.
+                if !name.contains("..") {
+                    match std::fs::read_to_string(dir.join(name)) {
+                        Ok(src) => return Ok(Some(src)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(minijinja::Error::new(
+                                minijinja::ErrorKind::TemplateNotFound,
+                                format!("cannot read template override {name}: {e}"),
+                            ))
+                        }
+                    }
+                }
+            }
+            Ok(embedded(name).map(str::to_owned))
+        });
+        Templates { env }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.env.get_template(name).is_ok()
+    }
+
+    pub fn render(&self, name: &str, ctx: Value) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+
+    /// The template for a stage component, or the generic one.
+    pub fn stage_template(&self, component: &str) -> String {
+        let name = format!("stages/{component}.html");
+        if component.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && self.has(&name) {
+            name
+        } else {
+            "stages/generic.html".into()
+        }
+    }
+}
+
+/// Error pages render from the embedded template only, so a broken override cannot hide errors.
+pub fn render_error(status: StatusCode, message: &str, request_id: &str) -> String {
+    let mut env = Environment::new();
+    let rendered = env
+        .add_template("base.html", include_str!("../templates/base.html"))
+        .and_then(|_| env.add_template("error.html", include_str!("../templates/error.html")))
+        .and_then(|_| env.get_template("error.html"))
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                status => status.as_u16(),
+                reason => status.canonical_reason().unwrap_or("Error"),
+                message => message,
+                request_id => request_id,
+            })
+        });
+    rendered.unwrap_or_else(|_| format!("<!doctype html><title>{}</title><p>request {request_id}</p>", status.as_u16()))
+}

@@ -1,0 +1,50 @@
+//! `/if/user/`: the user portal (for now: who is logged in).
+
+use axum::extract::{OriginalUri, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::error::{WebError, WebResult};
+use crate::flows::login_url;
+use crate::request::Caller;
+use crate::state::AppState;
+
+pub async fn portal(
+    State(state): State<AppState>,
+    caller: Caller,
+    OriginalUri(uri): OriginalUri,
+) -> WebResult<Response> {
+    let Some(active) = caller.session.as_ref() else {
+        let here = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/if/user/");
+        return Ok(Redirect::to(&login_url(here)).into_response());
+    };
+    let user = &active.user;
+    let page = state
+        .templates
+        .render(
+            "user.html",
+            minijinja::context! {
+                user => minijinja::context! {
+                    username => user.username, name => user.name, email => user.email,
+                    groups => user.groups, is_superuser => user.is_superuser,
+                },
+                session => minijinja::context! {
+                    created_at => active.session.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                    client_ip => active.session.client_ip,
+                },
+            },
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "template failed");
+            WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The page could not be rendered.")
+        })?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
+}
+
+pub async fn root(caller: Caller) -> Redirect {
+    if caller.session.is_some() {
+        Redirect::to("/if/user/")
+    } else {
+        Redirect::to(&login_url("/if/user/"))
+    }
+}
