@@ -20,7 +20,7 @@ pub const SESSION_COOKIE: &str = "latchkey_session";
 pub const FLOW_COOKIE: &str = "latchkey_flow";
 
 /// The connection's scheme, set by the listener (`"https"` on the TLS port).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scheme(pub &'static str);
 
 /// Everything handlers need to know about who is asking.
