@@ -1,1 +1,106 @@
-fn main() {}
+//! The `latchkey` binary: configuration, command line and wiring of the crates.
+
+mod app;
+mod cli;
+mod commands;
+mod config;
+mod listen;
+mod logging;
+mod serve;
+mod tls;
+
+use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cli::{Cli, Command, ConfigCommand};
+
+/// CLI commands wait this long for an unreachable database.
+const CLI_DATABASE_PATIENCE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = loaded.config;
+    // Commands print their results on stdout; logs go to stderr and stay quiet unless serving.
+    let level = if matches!(cli.command, Command::Serve) { config.log.level.clone() } else { "warn".into() };
+    logging::init(&level, config.log.format);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    for notice in &loaded.notices {
+        tracing::info!("{notice}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("latchkey: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latchkey: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
+    use app::App;
+    match command {
+        Command::Serve => serve::run(config).await,
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", config.masked_toml());
+            Ok(())
+        }
+        Command::Healthcheck => commands::healthcheck(&config),
+        Command::Restore { file } => {
+            // Restore goes into a store that has only its schema: no default objects yet.
+            if config.database_url().starts_with("sqlite:") {
+                app::prepare_data_dir(&config.data_dir)?;
+            }
+            let store = app::connect_store(&config, CLI_DATABASE_PATIENCE).await?;
+            app::migrate(&store).await?;
+            let result = commands::restore(&store, &file).await;
+            store.close().await;
+            result
+        }
+        Command::Migrate => {
+            if config.database_url().starts_with("sqlite:") {
+                app::prepare_data_dir(&config.data_dir)?;
+            }
+            let store = app::connect_store(&config, CLI_DATABASE_PATIENCE).await?;
+            let (from, to) = store.migrate().await.map_err(|e| anyhow::anyhow!("database migration failed: {e}"))?;
+            println!("schema version {from} -> {to}");
+            store.close().await;
+            Ok(())
+        }
+        other => {
+            let app = App::open(config, CLI_DATABASE_PATIENCE).await?;
+            let result = match other {
+                Command::SetupLink => commands::setup_link(&app).await,
+                Command::RecoveryLink { username, expires } => commands::recovery_link(&app, &username, expires).await,
+                Command::User(c) => commands::user(&app, c).await,
+                Command::Group(c) => commands::group(&app, c).await,
+                Command::Token(c) => commands::token(&app, c).await,
+                Command::Session(c) => commands::session(&app, c).await,
+                Command::Backup { file } => commands::backup(&app, &file).await,
+                Command::Serve
+                | Command::Config(_)
+                | Command::Healthcheck
+                | Command::Migrate
+                | Command::Restore { .. } => Ok(()),
+            };
+            app.store.close().await;
+            result
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The command line, as DESIGN.md's "Command line" table lays it out.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about = "Latchkey: a self-hosted identity provider in one binary")]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./latchkey.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything: HTTP, HTTPS and background jobs.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a fresh one-time initial-setup link (only while no administrator exists).
+    SetupLink,
+    /// Print a one-time login link for a user (lost-admin recovery).
+    RecoveryLink {
+        username: String,
+        /// How long the link stays valid, e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List and end login sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Write a consistent online backup of the whole store to FILE.
+    Backup { file: PathBuf },
+    /// Restore a backup into an empty store.
+    Restore { file: PathBuf },
+    /// Exit 0 if the local instance answers its liveness probe.
+    Healthcheck,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Display name (default: the username).
+        #[arg(long)]
+        name: Option<String>,
+        /// Group to join (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// A service account: no interactive login, API tokens only.
+        #[arg(long)]
+        service_account: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// Show one user.
+    Show { username: String },
+    /// Set a user's password (read from standard input) and end their sessions.
+    SetPassword {
+        username: String,
+        /// Read the password from the first line of standard input (the only way; kept for clarity).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user and end their sessions.
+    Disable { username: String },
+    /// Enable a disabled user.
+    Enable { username: String },
+    /// Delete a user, their memberships, sessions and tokens.
+    Delete { username: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group.
+    Create {
+        name: String,
+        /// Parent group (nested groups inherit membership upwards).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Members are administrators.
+        #[arg(long)]
+        superuser: bool,
+    },
+    /// List groups.
+    List,
+    /// Add a user to a group.
+    AddMember { group: String, username: String },
+    /// Remove a user from a group.
+    RemoveMember { group: String, username: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; prints only the token.
+    Create(TokenCreate),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreate {
+    #[arg(long)]
+    pub user: String,
+    /// Validity, e.g. 30d; default: never expires.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires: Option<std::time::Duration>,
+    #[arg(long, default_value = "created with the CLI")]
+    pub description: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List sessions, of one user or of everyone.
+    List { username: Option<String> },
+    /// End one session by id, or every session of a user with --user.
+    Revoke {
+        id: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print it with secrets masked.
+    Check,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 30m, 1h or 30d ({e})"))
+}

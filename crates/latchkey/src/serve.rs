@@ -1,0 +1,103 @@
+//! `latchkey serve`: every listener and background job in one runtime.
+
+use anyhow::anyhow;
+use axum::routing::get;
+use latchkey_web::{AppState, WebConfig};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::{listen, tls};
+
+/// How long `serve` waits for an unreachable database at start.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(60);
+
+fn metrics_router(handle: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route("/metrics", get(move || std::future::ready(handle.render())))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Bind first: a port in use should fail before anything is written.
+    let http = listen::bind(config.listen.http, "HTTP").await?;
+    let https = listen::bind(config.listen.https, "HTTPS").await?;
+    let metrics = listen::bind(config.listen.metrics, "metrics").await?;
+
+    let app = App::open(config, DATABASE_PATIENCE).await?;
+    let config = &app.config;
+    let hostnames: Vec<String> = config.external_url.iter().filter_map(|u| u.host_str().map(String::from)).collect();
+    let tls_config = tls::load_or_generate(&config.data_dir.join("certs"), &hostnames)?;
+    let prometheus =
+        PrometheusBuilder::new().install_recorder().map_err(|e| anyhow!("cannot start the metrics recorder: {e}"))?;
+
+    let _background = app.core.spawn_background();
+    let state = AppState::new(
+        app.core.clone(),
+        WebConfig {
+            external_url: config.external_url.clone(),
+            trusted_proxies: config.listen.trusted_proxy_cidrs.clone(),
+            template_dir: Some(config.data_dir.join("templates")),
+        },
+    );
+    let router = latchkey_web::router(state);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let servers = tokio::spawn({
+        let router = router.clone();
+        let (a, b, c) = (stopped(), stopped(), stopped());
+        async move {
+            tokio::join!(
+                listen::serve_http(http, router.clone(), a),
+                listen::serve_https(https, tls_config, router, b),
+                listen::serve_http(metrics, metrics_router(prometheus), c),
+            )
+        }
+    });
+    tracing::info!(
+        http = %config.listen.http,
+        https = %config.listen.https,
+        metrics = %config.listen.metrics,
+        store = app.core.store.engine(),
+        ready_in_ms = started.elapsed().as_millis() as u64,
+        "Latchkey is ready"
+    );
+    if let Some(link) = app.core.setup_link(&app.base_url()).await.map_err(|e| anyhow!("{e}"))? {
+        tracing::info!("Initial setup: open {link} to create the first administrator");
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = servers.await;
+    app.store.close().await;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! Test harness: starts the real `latchkey` binary on free ports, on SQLite or on a fresh
+//! PostgreSQL database, and drives it with a real HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn admin_url() -> String {
+    std::env::var("LATCHKEY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database (or data dir) for one test. Dropped at the end.
+pub struct Env {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    pg_db: Option<String>,
+    pub http: u16,
+    pub https: u16,
+    pub metrics: u16,
+}
+
+impl Env {
+    /// `None` when PostgreSQL is wanted but unreachable outside CI (the test then skips).
+    pub async fn new(backend: Backend) -> Option<Env> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (database_url, pg_db) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}/latchkey.db", dir.path().join("data").display()), None),
+            Backend::Postgres => {
+                if std::env::var("LATCHKEY_TEST_SKIP_POSTGRES").is_ok() && std::env::var("CI").as_deref() != Ok("true")
+                {
+                    eprintln!("skipping: PostgreSQL not available");
+                    return None;
+                }
+                use sqlx::Connection;
+                let mut conn = match sqlx::PgConnection::connect(&admin_url()).await {
+                    Ok(c) => c,
+                    Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                        panic!("PostgreSQL unreachable under CI: {e}")
+                    }
+                    Err(e) => {
+                        eprintln!("skipping: PostgreSQL unreachable: {e}");
+                        return None;
+                    }
+                };
+                let name = format!("lk_e2e_{}", uuid_hex());
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create db");
+                let mut url = url::Url::parse(&admin_url()).expect("admin url");
+                url.set_path(&name);
+                (url.to_string(), Some(name))
+            }
+        };
+        Some(Env { backend, dir, database_url, pg_db, http: free_port(), https: free_port(), metrics: free_port() })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    /// Environment every process of this test gets.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        vec![
+            ("LATCHKEY_DATA_DIR".into(), self.data_dir().display().to_string()),
+            ("LATCHKEY_DATABASE__URL".into(), self.database_url.clone()),
+            ("LATCHKEY_LISTEN__HTTP".into(), format!("127.0.0.1:{}", self.http)),
+            ("LATCHKEY_LISTEN__HTTPS".into(), format!("127.0.0.1:{}", self.https)),
+            ("LATCHKEY_LISTEN__METRICS".into(), format!("127.0.0.1:{}", self.metrics)),
+            ("LATCHKEY_LOG__LEVEL".into(), "info".into()),
+        ]
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(self.dir.path()).env_remove("RUST_LOG");
+        for (k, v) in self.vars() {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs a CLI command to completion, feeding `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cli");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        child.wait_with_output().expect("cli output")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.cli(args, stdin);
+        assert!(
+            out.status.success(),
+            "latchkey {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn create_user(&self, username: &str, password: &str, extra: &[&str]) {
+        let mut args = vec!["user", "create", username, "--password-stdin"];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args, &format!("{password}\n"));
+    }
+
+    pub async fn start(&self) -> Server {
+        Server::start(self).await
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_db.take() {
+            // Best effort, on a separate thread: Drop cannot await.
+            let url = admin_url();
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    rt.block_on(async {
+                        use sqlx::Connection;
+                        if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                            let _ = sqlx::Executor::execute(
+                                &mut c,
+                                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                            )
+                            .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+pub fn uuid_hex() -> String {
+    use std::time::SystemTime;
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub base: String,
+}
+
+impl Server {
+    pub async fn start(env: &Env) -> Server {
+        let mut child =
+            env.command(&["serve"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var("LATCHKEY_TEST_ECHO").is_ok() {
+                    eprintln!("[server] {line}");
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let server = Server { child, log, base: env.base() };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}/-/health/ready/", server.base)).send().await {
+                if r.status() == 200 {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready:\n{}", server.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// The first-run link printed in the log.
+    pub async fn setup_link(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log.lock().ok().and_then(|l| {
+                l.iter().find_map(|line| {
+                    line.find("http")
+                        .map(|i| line[i..].split_whitespace().next().unwrap_or("").to_string())
+                        .filter(|u| u.contains("/if/flow/initial-setup/?token="))
+                })
+            });
+            if let Some(link) = found {
+                return link;
+            }
+            assert!(Instant::now() < deadline, "no setup link in the log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Graceful stop (SIGTERM) and wait.
+    pub fn stop(mut self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects (tests check them).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// Logs in through the JSON executor; returns the final challenge.
+pub async fn json_login(c: &reqwest::Client, base: &str, login: &str, password: &str) -> serde_json::Value {
+    let url = format!("{base}/api/v1/flows/executor/default-authentication-flow/");
+    let first: serde_json::Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["component"], "identification", "{first}");
+    c.post(&url)
+        .json(&serde_json::json!({ "uid_field": login, "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
