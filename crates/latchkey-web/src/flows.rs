@@ -106,6 +106,7 @@ pub async fn executor_post(
 
 /// Renders a challenge as a page, or follows a redirect.
 fn html_response(
+    after_post: bool,
     state: &AppState,
     caller: &Caller,
     jar: CookieJar,
@@ -118,7 +119,9 @@ fn html_response(
     let challenge = response.challenge;
     if challenge.component == "redirect" {
         let to = challenge.data.get("to").and_then(Value::as_str).unwrap_or("/if/user/");
-        return Ok((jar, Redirect::to(to)).into_response());
+        // 303 after a form POST (the browser must GET the target), 302 otherwise.
+        let redirect = if after_post { Redirect::to(to).into_response() } else { found(to) };
+        return Ok((jar, redirect).into_response());
     }
     // Never echo secrets back into the page.
     let answers: Option<Map<String, Value>> = answers
@@ -136,7 +139,7 @@ fn html_response(
             },
         )
         .map_err(|e| {
-            tracing::error!(error = %e, "template failed");
+            tracing::error!(error = format!("{e:#}"), "template failed");
             WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The page could not be rendered.")
         })?;
     let status = match challenge.component.as_str() {
@@ -167,7 +170,7 @@ pub async fn page_get(
         .flows
         .get(&Caller::flow_key(&flow_cookie), &slug, parse_query(raw.as_deref()), &caller.request_info())
         .await?;
-    html_response(&state, &caller, jar, &flow_cookie, &page_action(&slug, &raw), response, None)
+    html_response(false, &state, &caller, jar, &flow_cookie, &page_action(&slug, &raw), response, None)
 }
 
 pub async fn page_post(
@@ -200,11 +203,19 @@ pub async fn page_post(
     let action = page_action(&slug, &raw);
     let refused = !response.challenge.errors.is_empty() || response.malformed;
     if refused || response.challenge.component == "redirect" || response.challenge.component == "access_denied" {
-        return html_response(&state, &caller, jar, &flow_cookie, &action, response, Some(&answer));
+        return html_response(true, &state, &caller, jar, &flow_cookie, &action, response, Some(&answer));
     }
     // Post/redirect/get: a reload must not resubmit the form.
     let jar = apply_effects(&caller, jar, &response.effects);
     Ok((jar, Redirect::to(&action)).into_response())
+}
+
+/// A plain 302 Found (axum's `Redirect::to` is 303, meant for answers to POSTs).
+pub fn found(to: &str) -> Response {
+    match header::HeaderValue::from_str(to) {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        Err(_) => WebError::bad_request("invalid redirect target").into_response(),
+    }
 }
 
 /// `?next=` for the login flow, pointing back at `path`.

@@ -30,6 +30,8 @@ fn embedded(name: &str) -> Option<&'static str> {
 impl Templates {
     pub fn new(override_dir: Option<PathBuf>) -> Self {
         let mut env = Environment::new();
+        // Optional challenge fields may be absent; templates test them rather than fail.
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
         env.set_loader(move |name| {
             if let Some(dir) = &override_dir {
                 // Names come from our own code, but never let one climb out of the folder.

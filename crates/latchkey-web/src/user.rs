@@ -2,10 +2,10 @@
 
 use axum::extract::{OriginalUri, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 
 use crate::error::{WebError, WebResult};
-use crate::flows::login_url;
+use crate::flows::{found, login_url};
 use crate::request::Caller;
 use crate::state::AppState;
 
@@ -16,7 +16,7 @@ pub async fn portal(
 ) -> WebResult<Response> {
     let Some(active) = caller.session.as_ref() else {
         let here = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/if/user/");
-        return Ok(Redirect::to(&login_url(here)).into_response());
+        return Ok(found(&login_url(here)));
     };
     let user = &active.user;
     let page = state
@@ -35,16 +35,16 @@ pub async fn portal(
             },
         )
         .map_err(|e| {
-            tracing::error!(error = %e, "template failed");
+            tracing::error!(error = format!("{e:#}"), "template failed");
             WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The page could not be rendered.")
         })?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 
-pub async fn root(caller: Caller) -> Redirect {
+pub async fn root(caller: Caller) -> Response {
     if caller.session.is_some() {
-        Redirect::to("/if/user/")
+        found("/if/user/")
     } else {
-        Redirect::to(&login_url("/if/user/"))
+        found(&login_url("/if/user/"))
     }
 }

@@ -113,9 +113,8 @@ pub struct App {
 
 impl App {
     pub async fn open(config: Config, patience: Duration) -> anyhow::Result<App> {
-        if config.database_url().starts_with("sqlite:") {
-            prepare_data_dir(&config.data_dir)?;
-        }
+        // Always needed: it holds the secret key, certificates and template overrides.
+        prepare_data_dir(&config.data_dir)?;
         let secret = secret_key(&config)?;
         let store = Arc::new(connect_store(&config, patience).await?);
         migrate(&store).await?;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         }
     };
     let config = loaded.config;
+    let config_file = loaded.file;
     // Commands print their results on stdout; logs go to stderr and stay quiet unless serving.
     let level = if matches!(cli.command, Command::Serve) { config.log.level.clone() } else { "warn".into() };
     logging::init(&level, config.log.format);
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, config_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("latchkey: {e:#}");
@@ -53,11 +54,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: config::Config, config_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     use app::App;
     match command {
         Command::Serve => serve::run(config).await,
         Command::Config(ConfigCommand::Check) => {
+            match &config_file {
+                Some(file) => println!("# configuration file: {}", file.display()),
+                None => println!("# no configuration file; defaults and environment only"),
+            }
             print!("{}", config.masked_toml());
             Ok(())
         }

@@ -244,7 +244,8 @@ async fn html_login_enforces_csrf(env: Env) {
     // Logout page redirects to the login page.
     let out =
         c.get(format!("{base}/if/flow/default-invalidation-flow/")).header("accept", "text/html").send().await.unwrap();
-    assert_eq!(out.status(), 303);
+    assert_eq!(out.status(), 302);
+    assert_eq!(out.headers()["location"], "/if/flow/default-authentication-flow/");
     assert_eq!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 302);
     server.stop();
 }
@@ -362,7 +363,7 @@ async fn bad_input_gets_clear_4xx(env: Env) {
     let html = unknown_html.text().await.unwrap();
     assert!(html.contains("<html") && html.contains("Request id"), "{html}");
     let weird = c.get(format!("{base}/if/flow/%00%ff/")).send().await.unwrap();
-    assert_eq!(weird.status(), 404);
+    assert!(weird.status().is_client_error(), "{}", weird.status());
 
     // Without the trailing slash it answers too.
     let bare = c.get(format!("{base}/api/v1/flows/executor/default-authentication-flow")).send().await.unwrap();
