@@ -104,9 +104,9 @@ pub async fn executor_post(
     Ok(json_response(&caller, jar, response))
 }
 
-/// Renders a challenge as a page, or follows a redirect.
+/// Renders a challenge as a page, or follows a redirect. `answers` is the submitted form
+/// when answering a POST.
 fn html_response(
-    after_post: bool,
     state: &AppState,
     caller: &Caller,
     jar: CookieJar,
@@ -120,28 +120,22 @@ fn html_response(
     if challenge.component == "redirect" {
         let to = challenge.data.get("to").and_then(Value::as_str).unwrap_or("/if/user/");
         // 303 after a form POST (the browser must GET the target), 302 otherwise.
-        let redirect = if after_post { Redirect::to(to).into_response() } else { found(to) };
+        let redirect = if answers.is_some() { Redirect::to(to).into_response() } else { found(to) };
         return Ok((jar, redirect).into_response());
     }
     // Never echo secrets back into the page.
     let answers: Option<Map<String, Value>> = answers
         .map(|a| a.iter().filter(|(k, _)| !k.contains("password")).map(|(k, v)| (k.clone(), v.clone())).collect());
-    let page = state
-        .templates
-        .render(
-            "flow.html",
-            minijinja::context! {
-                challenge => challenge,
-                stage_template => state.templates.stage_template(&challenge.component),
-                csrf_token => state.core.keys.csrf.sign(flow_cookie.as_bytes()),
-                action => action,
-                answers => answers,
-            },
-        )
-        .map_err(|e| {
-            tracing::error!(error = format!("{e:#}"), "template failed");
-            WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The page could not be rendered.")
-        })?;
+    let page = state.render(
+        "flow.html",
+        minijinja::context! {
+            challenge => challenge,
+            stage_template => state.templates.stage_template(&challenge.component),
+            csrf_token => state.core.keys.csrf.sign(flow_cookie.as_bytes()),
+            action => action,
+            answers => answers,
+        },
+    )?;
     let status = match challenge.component.as_str() {
         "access_denied" => StatusCode::FORBIDDEN,
         _ if response.malformed => StatusCode::BAD_REQUEST,
@@ -170,7 +164,7 @@ pub async fn page_get(
         .flows
         .get(&Caller::flow_key(&flow_cookie), &slug, parse_query(raw.as_deref()), &caller.request_info())
         .await?;
-    html_response(false, &state, &caller, jar, &flow_cookie, &page_action(&slug, &raw), response, None)
+    html_response(&state, &caller, jar, &flow_cookie, &page_action(&slug, &raw), response, None)
 }
 
 pub async fn page_post(
@@ -203,7 +197,7 @@ pub async fn page_post(
     let action = page_action(&slug, &raw);
     let refused = !response.challenge.errors.is_empty() || response.malformed;
     if refused || response.challenge.component == "redirect" || response.challenge.component == "access_denied" {
-        return html_response(true, &state, &caller, jar, &flow_cookie, &action, response, Some(&answer));
+        return html_response(&state, &caller, jar, &flow_cookie, &action, response, Some(&answer));
     }
     // Post/redirect/get: a reload must not resubmit the form.
     let jar = apply_effects(&caller, jar, &response.effects);

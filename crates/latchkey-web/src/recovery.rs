@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use latchkey_core::model::TokenKind;
 use serde_json::json;
@@ -25,17 +25,14 @@ pub async fn confirm(State(state): State<AppState>, caller: Caller, Path(token):
     };
     let user = user.await?;
     let (flow_cookie, jar) = caller.flow_cookie();
-    let page = state
-        .templates
-        .render(
-            "recovery.html",
-            minijinja::context! {
-                username => user.username,
-                action => format!("/recovery/use-token/{token}/"),
-                csrf_token => core.keys.csrf.sign(flow_cookie.as_bytes()),
-            },
-        )
-        .map_err(|e| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let page = state.render(
+        "recovery.html",
+        minijinja::context! {
+            username => user.username,
+            action => format!("/recovery/use-token/{token}/"),
+            csrf_token => core.keys.csrf.sign(flow_cookie.as_bytes()),
+        },
+    )?;
     Ok((jar, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 

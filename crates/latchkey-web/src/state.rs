@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use url::Url;
 
+use crate::error::{WebError, WebResult};
 use crate::templates::Templates;
 
 /// Settings of the HTTP layer, from the binary's configuration.
@@ -30,5 +31,15 @@ impl AppState {
     pub fn new(core: Arc<Core>, config: WebConfig) -> Self {
         let templates = Arc::new(Templates::new(config.template_dir.clone()));
         AppState { core, config: Arc::new(config), templates }
+    }
+}
+
+impl AppState {
+    /// Renders a page template; a failure is logged with its details and answered with a 500.
+    pub fn render(&self, name: &str, ctx: minijinja::Value) -> WebResult<String> {
+        self.templates.render(name, ctx).map_err(|e| {
+            tracing::error!(template = name, error = format!("{e:#}"), "template failed");
+            WebError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "The page could not be rendered.")
+        })
     }
 }

@@ -1,10 +1,10 @@
 //! `/if/user/`: the user portal (for now: who is logged in).
 
 use axum::extract::{OriginalUri, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::error::{WebError, WebResult};
+use crate::error::WebResult;
 use crate::flows::{found, login_url};
 use crate::request::Caller;
 use crate::state::AppState;
@@ -19,25 +19,19 @@ pub async fn portal(
         return Ok(found(&login_url(here)));
     };
     let user = &active.user;
-    let page = state
-        .templates
-        .render(
-            "user.html",
-            minijinja::context! {
-                user => minijinja::context! {
-                    username => user.username, name => user.name, email => user.email,
-                    groups => user.groups, is_superuser => user.is_superuser,
-                },
-                session => minijinja::context! {
-                    created_at => active.session.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-                    client_ip => active.session.client_ip,
-                },
+    let page = state.render(
+        "user.html",
+        minijinja::context! {
+            user => minijinja::context! {
+                username => user.username, name => user.name, email => user.email,
+                groups => user.groups, is_superuser => user.is_superuser,
             },
-        )
-        .map_err(|e| {
-            tracing::error!(error = format!("{e:#}"), "template failed");
-            WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "The page could not be rendered.")
-        })?;
+            session => minijinja::context! {
+                created_at => active.session.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                client_ip => active.session.client_ip,
+            },
+        },
+    )?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 

@@ -1067,11 +1067,11 @@ mod ser {
         let secs = duration.as_secs();
         let text = if duration.subsec_nanos() != 0 {
             humantime::format_duration(*duration).to_string()
-        } else if secs % 86400 == 0 {
+        } else if secs.is_multiple_of(86400) {
             format!("{}d", secs / 86400)
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             format!("{}h", secs / 3600)
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             format!("{}m", secs / 60)
         } else {
             format!("{secs}s")
