@@ -1,4 +1,5 @@
--- wrk script: every request is a password login attempt (argon2id verification).
+-- wrk script: every request is a complete password login (argon2id verification and a new
+-- session). Correct credentials, so brute-force throttling does not short-circuit the hash.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"uid_field": "bench", "password": "wrong-password-for-the-storm"}'
+wrk.body = '{"uid_field": "bench", "password": "bench-password"}'

@@ -710,7 +710,8 @@ fn scan_env(
         let Some(rest) = name.strip_prefix(LATCHKEY_PREFIX) else {
             continue;
         };
-        if name == CONFIG_ENV {
+        // LATCHKEY_TEST_* belong to the test suites, not to the server.
+        if name == CONFIG_ENV || rest.starts_with("TEST_") {
             continue;
         }
         if let Some(key) = key_for_env(rest) {

@@ -524,6 +524,17 @@ async fn startup_errors_are_one_clear_sentence() {
     let err = stderr_of(&out);
     assert!(err.contains("data directory") && err.contains("a-file"), "{err}");
 
+    // Unreadable TLS files name the path.
+    let certs = env.data_dir().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("cert.pem"), b"not a certificate").unwrap();
+    std::fs::write(certs.join("key.pem"), b"not a key").unwrap();
+    let out = env.command(&["serve"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("cert.pem"), "{err}");
+    std::fs::remove_dir_all(&certs).unwrap();
+
     let out = env.command(&["recovery-link", "nobody"]).output().unwrap();
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("user 'nobody' not found"));
@@ -539,4 +550,55 @@ async fn unknown_variables_are_warned_about_by_name() {
     let out = env.command(&["user", "list"]).env("LATCHKEY_LISTEN__HTTTP", "x").output().unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(stderr_of(&out).contains("LATCHKEY_LISTEN__HTTTP"));
+}
+
+/// PostgreSQL lost while running: readiness and store-backed requests answer 503, session
+/// checks already cached keep working, and everything recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lost_while_running_recovers() {
+    let Some(mut env) = Env::new(Backend::Postgres).await else { return };
+    env.create_user("gus", "gus-password", &[]);
+    let mut url = url::Url::parse(&env.database_url).unwrap();
+    let target = std::net::SocketAddr::new(
+        url.host_str().unwrap().parse().unwrap(),
+        url.port().unwrap_or(5432),
+    );
+    let mut forwarder = Forwarder::start(target).await;
+    url.set_port(Some(forwarder.port)).unwrap();
+    env.database_url = url.to_string();
+    let server = env.start().await;
+    let base = server.base.clone();
+    let c = client();
+    assert_eq!(json_login(&c, &base, "gus", "gus-password").await["component"], "redirect");
+
+    forwarder.cut();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c.get(format!("{base}/-/health/ready/")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ready never turned 503");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flow = c.get(executor(&base, "default-authentication-flow")).send().await.unwrap();
+    assert_eq!(flow.status(), 503);
+    let body: Value = flow.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    // The cached session still answers from memory.
+    assert_eq!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
+
+    forwarder.resume().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.get(format!("{base}/-/health/ready/")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ready never recovered:\n{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(json_login(&client(), &base, "gus", "gus-password").await["component"], "redirect");
+    assert!(!server.log_text().contains("panicked"));
+    server.stop();
 }

@@ -192,7 +192,7 @@ impl Server {
                 }
             }
         });
-        let server = Server { child, log, base: env.base() };
+        let mut server = Server { child, log, base: env.base() };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -200,6 +200,9 @@ impl Server {
                 if r.status() == 200 {
                     return server;
                 }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("server exited ({status}) before it was ready:\n{}", server.log_text());
             }
             assert!(Instant::now() < deadline, "server did not become ready:\n{}", server.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,4 +277,48 @@ pub async fn json_login(c: &reqwest::Client, base: &str, login: &str, password: 
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A TCP forwarder that can be cut and restored, to simulate losing the database.
+pub struct Forwarder {
+    pub port: u16,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    pub async fn start(target: std::net::SocketAddr) -> Forwarder {
+        let mut f = Forwarder { port: free_port(), target, task: None };
+        f.resume().await;
+        f
+    }
+
+    /// Closes the listening socket and every forwarded connection.
+    pub fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    pub async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind forwarder");
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut();
+    }
 }
