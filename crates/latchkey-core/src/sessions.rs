@@ -103,7 +103,27 @@ impl Sessions {
             amr,
         };
         self.store.create_session(&session).await.map_err(CoreError::from_store)?;
+        // Warm the cache: the first page after login needs no store round trip.
+        let active = self.activate(session.clone(), user.clone()).await?;
+        self.cache.insert(session.key_hash.clone(), active);
         Ok((self.cookie_key.seal(&secret), session))
+    }
+
+    /// What the cache keeps for a session: it and a snapshot of its user with effective groups.
+    async fn activate(&self, session: Session, user: User) -> Result<Arc<ActiveSession>> {
+        let groups = self.groups.effective_groups(user.id).await.map_err(CoreError::from_store)?;
+        Ok(Arc::new(ActiveSession {
+            persisted_seen: AtomicI64::new(session.last_seen.timestamp_millis()),
+            user: SessionUser {
+                id: user.id,
+                username: user.username,
+                name: user.name,
+                email: user.email,
+                is_superuser: groups.iter().any(|g| g.is_superuser),
+                groups: groups.into_iter().map(|g| g.name).collect(),
+            },
+            session,
+        }))
     }
 
     /// The session a cookie value stands for, if it is genuine, unexpired and its user active.
@@ -131,19 +151,7 @@ impl Sessions {
         if !user.is_active {
             return Ok(None);
         }
-        let groups = self.groups.effective_groups(user.id).await.map_err(CoreError::from_store)?;
-        let active = Arc::new(ActiveSession {
-            persisted_seen: AtomicI64::new(session.last_seen.timestamp_millis()),
-            user: SessionUser {
-                id: user.id,
-                username: user.username,
-                name: user.name,
-                email: user.email,
-                is_superuser: groups.iter().any(|g| g.is_superuser),
-                groups: groups.into_iter().map(|g| g.name).collect(),
-            },
-            session,
-        });
+        let active = self.activate(session, user).await?;
         if !self.is_live(&active, now) {
             return Ok(None);
         }

@@ -559,10 +559,7 @@ async fn postgres_lost_while_running_recovers() {
     let Some(mut env) = Env::new(Backend::Postgres).await else { return };
     env.create_user("gus", "gus-password", &[]);
     let mut url = url::Url::parse(&env.database_url).unwrap();
-    let target = std::net::SocketAddr::new(
-        url.host_str().unwrap().parse().unwrap(),
-        url.port().unwrap_or(5432),
-    );
+    let target = std::net::SocketAddr::new(url.host_str().unwrap().parse().unwrap(), url.port().unwrap_or(5432));
     let mut forwarder = Forwarder::start(target).await;
     url.set_port(Some(forwarder.port)).unwrap();
     env.database_url = url.to_string();
