@@ -302,3 +302,175 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub total: u64,
 }
+
+/// A reusable rule: kinds are `expression`, `password`, `password_expiry`, `reputation`,
+/// `user` and `group_membership`; `config` holds the kind's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub id: Uuid,
+    /// Unique.
+    pub name: String,
+    pub kind: String,
+    pub config: Value,
+    /// Log every evaluation of this policy (for debugging a rule).
+    pub execution_logging: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a policy binding is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum BindingTarget {
+    Flow(Uuid),
+    /// A stage placed in a flow (`FlowStageBinding::id`).
+    StageBinding(Uuid),
+    Application(Uuid),
+}
+
+impl BindingTarget {
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            BindingTarget::Flow(_) => "flow",
+            BindingTarget::StageBinding(_) => "stage_binding",
+            BindingTarget::Application(_) => "application",
+        }
+    }
+    pub fn id(&self) -> Uuid {
+        match self {
+            BindingTarget::Flow(id) | BindingTarget::StageBinding(id) | BindingTarget::Application(id) => *id,
+        }
+    }
+    pub fn from_parts(kind: &str, id: Uuid) -> Option<Self> {
+        match kind {
+            "flow" => Some(BindingTarget::Flow(id)),
+            "stage_binding" => Some(BindingTarget::StageBinding(id)),
+            "application" => Some(BindingTarget::Application(id)),
+            _ => None,
+        }
+    }
+}
+
+/// What a binding checks: a policy, or directly a user or a group (nested groups count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum BindingSubject {
+    Policy(Uuid),
+    User(Uuid),
+    Group(Uuid),
+}
+
+impl BindingSubject {
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            BindingSubject::Policy(_) => "policy",
+            BindingSubject::User(_) => "user",
+            BindingSubject::Group(_) => "group",
+        }
+    }
+    pub fn id(&self) -> Uuid {
+        match self {
+            BindingSubject::Policy(id) | BindingSubject::User(id) | BindingSubject::Group(id) => *id,
+        }
+    }
+    pub fn from_parts(kind: &str, id: Uuid) -> Option<Self> {
+        match kind {
+            "policy" => Some(BindingSubject::Policy(id)),
+            "user" => Some(BindingSubject::User(id)),
+            "group" => Some(BindingSubject::Group(id)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyBinding {
+    pub id: Uuid,
+    pub target: BindingTarget,
+    pub subject: BindingSubject,
+    pub order: i64,
+    /// Inverts the result.
+    pub negate: bool,
+    /// A disabled binding is skipped.
+    pub enabled: bool,
+    /// Evaluation time limit; exceeding it counts as `failure_result`.
+    pub timeout_ms: i64,
+    /// Result used when the policy errors or times out (false: fail closed).
+    pub failure_result: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An application users see and get access to; its policy bindings decide who may use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Application {
+    pub id: Uuid,
+    pub name: String,
+    /// Unique; appears in URLs (`/application/o/<slug>/`).
+    pub slug: String,
+    pub provider_id: Option<Uuid>,
+    /// `blank://blank` hides the tile from "My applications".
+    pub launch_url: Option<String>,
+    pub icon: Option<String>,
+    pub description: String,
+    /// UI grouping of tiles.
+    pub group: Option<String>,
+    /// `any` (one passing binding lets the user in) or `all`.
+    pub policy_engine_mode: String,
+    pub open_in_new_tab: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How an application is reached: `proxy`, `oauth2` or `ldap`, with the type's settings in `config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provider {
+    pub id: Uuid,
+    /// Unique.
+    pub name: String,
+    pub kind: String,
+    /// The flow run when a user is sent to this provider (consent…).
+    pub authorization_flow_id: Option<Uuid>,
+    pub config: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A component serving providers; `embedded` runs inside this process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outpost {
+    pub id: Uuid,
+    /// Unique.
+    pub name: String,
+    pub kind: String,
+    pub provider_ids: Vec<Uuid>,
+    pub config: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's consent to an application receiving some permissions (scopes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentGrant {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub application_id: Uuid,
+    pub permissions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Brute-force bookkeeping for one key (`user:<login>` or `ip:<address>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThrottleRecord {
+    pub key: String,
+    /// Failures counted in the current window.
+    pub failures: i64,
+    pub window_start: DateTime<Utc>,
+    pub last_failure: DateTime<Utc>,
+    /// No attempt is accepted before this moment.
+    pub blocked_until: Option<DateTime<Utc>>,
+}
+
+/// Reputation score of a username or client address (`user:<name>` / `ip:<addr>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reputation {
+    pub key: String,
+    pub score: i64,
+    pub updated_at: DateTime<Utc>,
+}

@@ -126,10 +126,99 @@ pub trait SettingsStore: Send + Sync {
     async fn set_setting(&self, key: &str, value: &Value) -> StoreResult<()>;
 }
 
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// Creates or updates by name; returns the stored policy (its id is kept on update). Records `Change::Config`.
+    async fn upsert_policy(&self, policy: &Policy) -> StoreResult<Policy>;
+    async fn get_policy(&self, id: Uuid) -> StoreResult<Option<Policy>>;
+    async fn get_policy_by_name(&self, name: &str) -> StoreResult<Option<Policy>>;
+    async fn list_policies(&self) -> StoreResult<Vec<Policy>>;
+    /// Also deletes its bindings. Records `Change::Config`.
+    async fn delete_policy(&self, id: Uuid) -> StoreResult<()>;
+    /// Creates or updates by (target, subject); returns the stored binding. Records `Change::Config`.
+    async fn upsert_policy_binding(&self, binding: &PolicyBinding) -> StoreResult<PolicyBinding>;
+    /// A target's bindings, by `order` then creation.
+    async fn policy_bindings(&self, target: BindingTarget) -> StoreResult<Vec<PolicyBinding>>;
+    async fn list_policy_bindings(&self) -> StoreResult<Vec<PolicyBinding>>;
+    /// Records `Change::Config`.
+    async fn delete_policy_binding(&self, id: Uuid) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait ApplicationStore: Send + Sync {
+    /// Creates or updates by slug. Records `Change::Config`.
+    async fn upsert_application(&self, app: &Application) -> StoreResult<Application>;
+    async fn get_application(&self, id: Uuid) -> StoreResult<Option<Application>>;
+    async fn get_application_by_slug(&self, slug: &str) -> StoreResult<Option<Application>>;
+    async fn list_applications(&self) -> StoreResult<Vec<Application>>;
+    /// Also deletes its policy bindings and consent grants. Records `Change::Config`.
+    async fn delete_application(&self, id: Uuid) -> StoreResult<()>;
+    /// Creates or updates by name. Records `Change::Config`.
+    async fn upsert_provider(&self, provider: &Provider) -> StoreResult<Provider>;
+    async fn get_provider(&self, id: Uuid) -> StoreResult<Option<Provider>>;
+    async fn get_provider_by_name(&self, name: &str) -> StoreResult<Option<Provider>>;
+    async fn list_providers(&self) -> StoreResult<Vec<Provider>>;
+    /// Applications using it lose their provider. Records `Change::Config`.
+    async fn delete_provider(&self, id: Uuid) -> StoreResult<()>;
+    /// Creates or updates by name. Records `Change::Config`.
+    async fn upsert_outpost(&self, outpost: &Outpost) -> StoreResult<Outpost>;
+    async fn get_outpost_by_name(&self, name: &str) -> StoreResult<Option<Outpost>>;
+    async fn list_outposts(&self) -> StoreResult<Vec<Outpost>>;
+    async fn delete_outpost(&self, id: Uuid) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    /// Creates or replaces the grant of (user, application).
+    async fn put_consent(&self, grant: &ConsentGrant) -> StoreResult<()>;
+    /// The unexpired grant of (user, application), if any.
+    async fn get_consent(
+        &self,
+        user_id: Uuid,
+        application_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ConsentGrant>>;
+    async fn list_consents(&self, user_id: Uuid) -> StoreResult<Vec<ConsentGrant>>;
+    async fn delete_consent(&self, id: Uuid) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait ThrottleStore: Send + Sync {
+    async fn get_throttle(&self, key: &str) -> StoreResult<Option<ThrottleRecord>>;
+    async fn put_throttle(&self, record: &ThrottleRecord) -> StoreResult<()>;
+    /// Returns whether a record was removed.
+    async fn delete_throttle(&self, key: &str) -> StoreResult<bool>;
+    /// Records currently blocking (blocked_until > now), for admins.
+    async fn list_throttles(&self, now: DateTime<Utc>) -> StoreResult<Vec<ThrottleRecord>>;
+    /// Adds `delta` to the score of `key` (created at 0), clamped to [min, max]; returns the new score.
+    async fn adjust_reputation(
+        &self,
+        key: &str,
+        delta: i64,
+        min: i64,
+        max: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64>;
+    async fn get_reputation(&self, key: &str) -> StoreResult<Option<Reputation>>;
+}
+
 /// The whole store, as services receive it (`Arc<dyn Store>`).
 #[async_trait]
 pub trait Store:
-    UserStore + GroupStore + SessionStore + FlowStore + TokenStore + EventStore + SettingsStore + Send + Sync + 'static
+    UserStore
+    + GroupStore
+    + SessionStore
+    + FlowStore
+    + TokenStore
+    + EventStore
+    + SettingsStore
+    + PolicyStore
+    + ApplicationStore
+    + ConsentStore
+    + ThrottleStore
+    + Send
+    + Sync
+    + 'static
 {
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> StoreResult<()>;
