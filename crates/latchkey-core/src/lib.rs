@@ -1,6 +1,8 @@
 //! Latchkey's core: the domain model and the services every protocol adapter calls.
 //! It knows no web framework, no LDAP codec and no SQL.
 
+pub mod access;
+pub mod blueprint;
 pub mod clock;
 pub mod directory;
 pub mod error;
@@ -10,7 +12,9 @@ pub mod groups;
 pub mod keys;
 pub mod model;
 pub mod password;
+pub mod policy;
 pub mod redirect;
+pub mod reputation;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
@@ -21,16 +25,20 @@ pub use error::{CoreError, Result, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use access::Access;
 use clock::Clock;
 use directory::Directory;
 use events::Events;
 use flow::{FlowEngine, FlowServices};
 use groups::GroupIndex;
 use keys::Keys;
+use model::Change;
 use password::{Argon2Settings, PasswordHasher};
+use policy::Policies;
+use reputation::ReputationBook;
 use sessions::{SessionSettings, Sessions};
 use store::Store;
-use throttle::Throttle;
+use throttle::{Throttle, ThrottleLimits};
 use tokens::Tokens;
 
 /// Tunables of the core services.
@@ -62,6 +70,7 @@ pub struct Core {
     pub sessions: Sessions,
     pub events: Events,
     pub tokens: Tokens,
+    pub access: Access,
     pub flows: FlowEngine,
 }
 
@@ -87,6 +96,9 @@ impl Core {
             events.clone(),
         );
         let tokens = Tokens::new(Arc::clone(&store), Arc::clone(&clock), events.clone());
+        let reputation = ReputationBook::new(Arc::clone(&store), Arc::clone(&clock));
+        let access =
+            Access::new(Policies::new(Arc::clone(&store)), groups.clone(), Arc::clone(&clock), reputation.clone());
         let flows = FlowEngine::new(FlowServices {
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
@@ -94,9 +106,11 @@ impl Core {
             sessions: sessions.clone(),
             events: events.clone(),
             tokens: tokens.clone(),
-            throttle: Throttle::new(10, 50, Duration::from_secs(300)),
+            throttle: Throttle::new(Arc::clone(&store), Arc::clone(&clock), ThrottleLimits::default()),
+            reputation,
+            access: access.clone(),
         });
-        Ok(Arc::new(Core { store, clock, keys, groups, directory, sessions, events, tokens, flows }))
+        Ok(Arc::new(Core { store, clock, keys, groups, directory, sessions, events, tokens, access, flows }))
     }
 
     /// Creates the default group and flows where missing.
@@ -123,8 +137,16 @@ impl Core {
             loop {
                 tokio::select! {
                     change = changes.recv() => match change {
-                        Ok(change) => core.sessions.apply_change(&change),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => core.sessions.clear(),
+                        Ok(change) => {
+                            if change == Change::Config {
+                                core.access.policies.invalidate();
+                            }
+                            core.sessions.apply_change(&change);
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            core.access.policies.invalidate();
+                            core.sessions.clear();
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
                     _ = housekeeping.tick() => core.housekeeping().await,

@@ -1,42 +1,158 @@
 //! Brute-force throttling of password attempts, per account and per client address.
-//! Counters live in memory: a restart forgives, which is an acceptable trade for never
-//! touching the disk on the login path.
+//!
+//! Throttle, never lock: an attacker must not be able to shut the admin out. An account gets
+//! exponential back-off after a few failures; an address gets a larger budget, so that one
+//! attacked account does not lock out everyone behind the same home router. State lives in
+//! the store so every instance (and `latchkey throttle clear`) sees the same counters.
 
-use moka::sync::Cache;
-use std::time::Duration;
+use chrono::{DateTime, Duration, Utc};
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::error::{CoreError, Result};
+use crate::model::ThrottleRecord;
+use crate::store::Store;
+
+/// How failures turn into waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottleLimits {
+    /// Failures are counted in windows of this length.
+    pub window: Duration,
+    /// Failures of one account in a window before back-off starts.
+    pub account_failures: i64,
+    /// First back-off; doubles with every further failure.
+    pub account_base_delay: Duration,
+    pub account_max_delay: Duration,
+    /// Failures from one address in a window before it is blocked for `address_block`.
+    pub address_failures: i64,
+    pub address_block: Duration,
+}
+
+impl Default for ThrottleLimits {
+    fn default() -> Self {
+        ThrottleLimits {
+            window: Duration::minutes(5),
+            account_failures: 5,
+            account_base_delay: Duration::seconds(15),
+            account_max_delay: Duration::minutes(15),
+            address_failures: 50,
+            address_block: Duration::minutes(5),
+        }
+    }
+}
+
+pub fn account_key(login: &str) -> String {
+    format!("user:{}", login.trim().to_lowercase())
+}
+
+pub fn address_key(ip: &str) -> String {
+    format!("ip:{ip}")
+}
+
+/// How long `record` still blocks at `now`, if at all.
+pub fn blocked_for(record: Option<&ThrottleRecord>, now: DateTime<Utc>) -> Option<Duration> {
+    let until = record?.blocked_until?;
+    (until > now).then(|| until - now)
+}
+
+/// The record after one more failure at `now`. `threshold` failures in a window start blocking;
+/// `delay(n)` is the block after the n-th failure past the threshold (n ≥ 0).
+pub fn record_failure(
+    record: Option<ThrottleRecord>,
+    key: &str,
+    now: DateTime<Utc>,
+    window: Duration,
+    threshold: i64,
+    delay: impl Fn(i64) -> Duration,
+) -> ThrottleRecord {
+    let mut r = match record {
+        // A window that ended without an active block starts over.
+        Some(r) if now - r.window_start <= window || blocked_for(Some(&r), now).is_some() => r,
+        _ => ThrottleRecord {
+            key: key.to_string(),
+            failures: 0,
+            window_start: now,
+            last_failure: now,
+            blocked_until: None,
+        },
+    };
+    r.failures += 1;
+    r.last_failure = now;
+    if r.failures >= threshold {
+        r.blocked_until = Some(now + delay(r.failures - threshold));
+    }
+    r
+}
 
 #[derive(Clone)]
 pub struct Throttle {
-    per_account: Cache<String, u32>,
-    per_address: Cache<String, u32>,
-    account_limit: u32,
-    address_limit: u32,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    limits: ThrottleLimits,
+}
+
+/// Seconds to wait, rounded up so that a client retrying after them is not refused again.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let ms = wait.num_milliseconds().max(0) as u64;
+    ms.div_ceil(1000).max(1)
 }
 
 impl Throttle {
-    /// Failures are forgotten `window` after the last one.
-    pub fn new(account_limit: u32, address_limit: u32, window: Duration) -> Self {
-        let cache = || Cache::builder().max_capacity(100_000).time_to_idle(window).build();
-        Throttle { per_account: cache(), per_address: cache(), account_limit, address_limit }
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, limits: ThrottleLimits) -> Self {
+        Throttle { store, clock, limits }
     }
 
-    /// Keys by the login as typed (lower-cased), so unknown accounts throttle exactly like real ones.
-    pub fn is_blocked(&self, login: &str, address: Option<&str>) -> bool {
-        let account = self.per_account.get(&login.to_lowercase()).unwrap_or(0) >= self.account_limit;
-        let addr = address.and_then(|a| self.per_address.get(a)).unwrap_or(0) >= self.address_limit;
-        account || addr
+    async fn get(&self, key: &str) -> Result<Option<ThrottleRecord>> {
+        self.store.get_throttle(key).await.map_err(CoreError::from_store)
     }
 
-    pub fn failure(&self, login: &str, address: Option<&str>) {
-        let key = login.to_lowercase();
-        self.per_account.insert(key.clone(), self.per_account.get(&key).unwrap_or(0) + 1);
-        if let Some(a) = address {
-            self.per_address.insert(a.to_string(), self.per_address.get(a).unwrap_or(0) + 1);
+    /// How long this login from this address must wait before it may try again, if at all.
+    pub async fn check(&self, login: &str, ip: Option<&str>) -> Result<Option<Duration>> {
+        let now = self.clock.now();
+        let mut wait = blocked_for(self.get(&account_key(login)).await?.as_ref(), now);
+        if let Some(ip) = ip {
+            if let Some(w) = blocked_for(self.get(&address_key(ip)).await?.as_ref(), now) {
+                wait = Some(wait.map_or(w, |a| a.max(w)));
+            }
         }
+        Ok(wait)
     }
 
-    pub fn success(&self, login: &str) {
-        self.per_account.invalidate(&login.to_lowercase());
+    /// Counts a failed attempt; returns the new block if this failure started or extended one.
+    pub async fn failure(&self, login: &str, ip: Option<&str>) -> Result<Option<Duration>> {
+        let now = self.clock.now();
+        let l = self.limits;
+        let key = account_key(login);
+        let account = record_failure(self.get(&key).await?, &key, now, l.window, l.account_failures, |n| {
+            let factor = 1i64 << n.clamp(0, 20);
+            (l.account_base_delay * factor as i32).min(l.account_max_delay)
+        });
+        self.store.put_throttle(&account).await.map_err(CoreError::from_store)?;
+        let mut wait = blocked_for(Some(&account), now);
+        if let Some(ip) = ip {
+            let key = address_key(ip);
+            let address =
+                record_failure(self.get(&key).await?, &key, now, l.window, l.address_failures, |_| l.address_block);
+            self.store.put_throttle(&address).await.map_err(CoreError::from_store)?;
+            if let Some(w) = blocked_for(Some(&address), now) {
+                wait = Some(wait.map_or(w, |a| a.max(w)));
+            }
+        }
+        Ok(wait)
+    }
+
+    /// A successful login forgives the account (not the address).
+    pub async fn success(&self, login: &str) -> Result<()> {
+        self.store.delete_throttle(&account_key(login)).await.map(|_| ()).map_err(CoreError::from_store)
+    }
+
+    /// For admins: lift a block (`user:<login>` or `ip:<address>`).
+    pub async fn clear(&self, key: &str) -> Result<bool> {
+        self.store.delete_throttle(key).await.map_err(CoreError::from_store)
+    }
+
+    pub async fn list(&self) -> Result<Vec<ThrottleRecord>> {
+        self.store.list_throttles(self.clock.now()).await.map_err(CoreError::from_store)
     }
 }
 
@@ -44,19 +160,53 @@ impl Throttle {
 mod tests {
     use super::*;
 
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap_or_default()
+    }
+
+    fn account(record: Option<ThrottleRecord>, now: DateTime<Utc>) -> ThrottleRecord {
+        let l = ThrottleLimits::default();
+        record_failure(record, "user:alice", now, l.window, l.account_failures, |n| {
+            (l.account_base_delay * (1i32 << n)).min(l.account_max_delay)
+        })
+    }
+
     #[test]
-    fn blocks_after_limit_and_success_resets_account() {
-        let t = Throttle::new(3, 5, Duration::from_secs(60));
-        for _ in 0..3 {
-            assert!(!t.is_blocked("Alice", Some("1.2.3.4")));
-            t.failure("Alice", Some("1.2.3.4"));
+    fn account_backoff_engages_doubles_and_releases() {
+        let mut r = None;
+        for i in 0..4 {
+            let next = account(r, t(i));
+            assert_eq!(blocked_for(Some(&next), t(i)), None, "no block before the 5th failure");
+            r = Some(next);
         }
-        assert!(t.is_blocked("alice", None));
-        t.success("alice");
-        assert!(!t.is_blocked("alice", Some("1.2.3.4")));
-        t.failure("bob", Some("1.2.3.4"));
-        t.failure("carol", Some("1.2.3.4"));
-        assert!(t.is_blocked("dave", Some("1.2.3.4")));
-        assert!(!t.is_blocked("dave", Some("5.6.7.8")));
+        let fifth = account(r, t(4));
+        assert_eq!(blocked_for(Some(&fifth), t(4)), Some(Duration::seconds(15)));
+        // Released by time alone.
+        assert_eq!(blocked_for(Some(&fifth), t(19)), None);
+        let sixth = account(Some(fifth), t(20));
+        assert_eq!(blocked_for(Some(&sixth), t(20)), Some(Duration::seconds(30)));
+        let mut r = sixth;
+        for i in 0..20 {
+            r = account(Some(r), t(100 + i));
+        }
+        assert_eq!(blocked_for(Some(&r), t(119)), Some(Duration::minutes(15)), "capped");
+    }
+
+    #[test]
+    fn a_quiet_window_starts_over() {
+        let mut r = None;
+        for i in 0..4 {
+            r = Some(account(r, t(i)));
+        }
+        let later = account(r, t(4 + 301));
+        assert_eq!(later.failures, 1);
+        assert_eq!(blocked_for(Some(&later), t(305)), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::milliseconds(1)), 1);
+        assert_eq!(retry_after_secs(Duration::milliseconds(15_001)), 16);
+        assert_eq!(retry_after_secs(Duration::seconds(15)), 15);
     }
 }

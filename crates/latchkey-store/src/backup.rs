@@ -158,6 +158,113 @@ pub(crate) const TABLES: &[Table] = &[
         deferred: &[],
     },
     Table { name: "settings", key: &["key"], columns: &[("key", Text), ("value", Text)], deferred: &[] },
+    Table {
+        name: "policies",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("name", Text),
+            ("kind", Text),
+            ("config", Text),
+            ("execution_logging", Bool),
+            ("created_at", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
+        name: "providers",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("name", Text),
+            ("kind", Text),
+            ("authorization_flow_id", Text),
+            ("config", Text),
+            ("created_at", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
+        name: "applications",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("name", Text),
+            ("slug", Text),
+            ("provider_id", Text),
+            ("launch_url", Text),
+            ("icon", Text),
+            ("description", Text),
+            ("group", Text),
+            ("policy_engine_mode", Text),
+            ("open_in_new_tab", Bool),
+            ("created_at", Int),
+        ],
+        deferred: &[],
+    },
+    // After everything a binding can name (no foreign keys, but a restore should read in order).
+    Table {
+        name: "policy_bindings",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("target_kind", Text),
+            ("target_id", Text),
+            ("subject_kind", Text),
+            ("subject_id", Text),
+            ("order", Int),
+            ("negate", Bool),
+            ("enabled", Bool),
+            ("timeout_ms", Int),
+            ("failure_result", Bool),
+            ("created_at", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
+        name: "outposts",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("name", Text),
+            ("kind", Text),
+            ("provider_ids", Text),
+            ("config", Text),
+            ("created_at", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
+        name: "consent_grants",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("user_id", Text),
+            ("application_id", Text),
+            ("permissions", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
+        name: "throttles",
+        key: &["key"],
+        columns: &[
+            ("key", Text),
+            ("failures", Int),
+            ("window_start", Int),
+            ("last_failure", Int),
+            ("blocked_until", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
+        name: "reputation",
+        key: &["key"],
+        columns: &[("key", Text), ("score", Int), ("updated_at", Int)],
+        deferred: &[],
+    },
 ];
 
 /// Tables that are not backed up, on purpose.
@@ -290,7 +397,7 @@ impl SqlStore {
             }
         }
         let mut tx = self.begin_write().await?;
-        for table in ["users", "groups", "flows"] {
+        for table in ["users", "groups", "flows", "policies", "providers", "applications", "outposts"] {
             let n = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
                 .fetch_one(&mut *tx)
                 .await

@@ -9,11 +9,15 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-const SQLITE_MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../migrations/sqlite/0001_init.sql") }];
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../migrations/sqlite/0001_init.sql") },
+    Migration { version: 2, sql: include_str!("../migrations/sqlite/0002_policies.sql") },
+];
 
-const POSTGRES_MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, sql: include_str!("../migrations/postgres/0001_init.sql") }];
+const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sql: include_str!("../migrations/postgres/0001_init.sql") },
+    Migration { version: 2, sql: include_str!("../migrations/postgres/0002_policies.sql") },
+];
 
 /// Applied to every pooled SQLite connection. `busy_timeout` first, so the one-time switch to WAL
 /// waits for other connections instead of failing. WAL + `synchronous=NORMAL` keeps every committed
@@ -109,6 +113,25 @@ impl Engine {
         }
     }
 
+    /// `expr` clamped to [`lo`, `hi`] (all SQL expressions): SQLite's scalar `min()`/`max()`,
+    /// PostgreSQL's `LEAST`/`GREATEST` (its `min`/`max` are aggregates only).
+    pub fn clamp_sql(self, expr: &str, lo: &str, hi: &str) -> String {
+        match self {
+            Engine::Sqlite => format!("max({lo}, min({hi}, {expr}))"),
+            Engine::Postgres => format!("GREATEST({lo}, LEAST({hi}, {expr}))"),
+        }
+    }
+
+    /// Appended to a SELECT that checks a referenced row exists before a write that depends on it
+    /// (policy bindings have no foreign keys): on PostgreSQL the row is locked against a
+    /// concurrent delete until commit. SQLite's `BEGIN IMMEDIATE` already excludes other writers.
+    pub fn key_share_lock(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "",
+            Engine::Postgres => " FOR KEY SHARE",
+        }
+    }
+
     /// Whether a file copy of the database is taken before an existing schema is migrated.
     pub fn copies_before_migrating(self) -> bool {
         self == Engine::Sqlite
@@ -146,6 +169,12 @@ mod tests {
         assert_eq!(Engine::from_url("postgresql://x/y"), Some(Engine::Postgres));
         assert_eq!(Engine::from_url("postgres://x/y"), Some(Engine::Postgres));
         assert_eq!(Engine::from_url("mysql://x/y"), None);
+    }
+
+    #[test]
+    fn clamps_per_engine() {
+        assert_eq!(Engine::Sqlite.clamp_sql("s + $1", "$2", "$3"), "max($2, min($3, s + $1))");
+        assert_eq!(Engine::Postgres.clamp_sql("s + $1", "$2", "$3"), "GREATEST($2, LEAST($3, s + $1))");
     }
 
     #[test]

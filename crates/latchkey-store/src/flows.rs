@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{corrupt, db_err, is_foreign_key_violation, is_unique_violation};
 use crate::feed;
+use crate::policies::{unbind_all, Unbind};
 use crate::sql::{ms, to_json_text, RowExt, StoreResult};
 use crate::SqlStore;
 
@@ -41,8 +42,9 @@ fn stage_from_row(row: &AnyRow) -> StoreResult<Stage> {
 }
 
 impl SqlStore {
-    /// Deletes one row by id and records `Change::Config` if it existed.
-    async fn delete_config_row(&self, table: &str, id: Uuid) -> StoreResult<()> {
+    /// Deletes one row by id, then the policy bindings `unbind` names, and records
+    /// `Change::Config` if the row existed.
+    pub(crate) async fn delete_config_row(&self, table: &str, id: Uuid, unbind: &[Unbind]) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let result = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
             .bind(id.to_string())
@@ -50,13 +52,14 @@ impl SqlStore {
             .await
             .map_err(db_err)?;
         if result.rows_affected() > 0 {
+            unbind_all(&mut tx, unbind, id).await?;
             feed::record(&mut tx, &Change::Config).await?;
         }
         tx.commit().await.map_err(db_err)
     }
 }
 
-fn id_taken(what: &str, id: Uuid) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+pub(crate) fn id_taken(what: &str, id: Uuid) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |e| {
         if is_unique_violation(&e) {
             StoreError::Conflict(format!("{what} id {id} is already used by another {what}"))
@@ -110,8 +113,8 @@ impl FlowStore for SqlStore {
     }
 
     async fn delete_flow(&self, id: Uuid) -> StoreResult<()> {
-        // Its bindings cascade.
-        self.delete_config_row("flows", id).await
+        // Its stage bindings cascade; policy bindings on it or on them go explicitly.
+        self.delete_config_row("flows", id, &[Unbind::Target("flow"), Unbind::OrphanedStageBindings]).await
     }
 
     async fn upsert_stage(&self, stage: &Stage) -> StoreResult<Stage> {
@@ -162,8 +165,8 @@ impl FlowStore for SqlStore {
     }
 
     async fn delete_stage(&self, id: Uuid) -> StoreResult<()> {
-        // Bindings that use it cascade.
-        self.delete_config_row("stages", id).await
+        // Bindings that use it cascade; policy bindings on those go explicitly.
+        self.delete_config_row("stages", id, &[Unbind::OrphanedStageBindings]).await
     }
 
     async fn upsert_binding(&self, binding: &FlowStageBinding) -> StoreResult<FlowStageBinding> {
@@ -220,7 +223,7 @@ impl FlowStore for SqlStore {
     }
 
     async fn delete_binding(&self, id: Uuid) -> StoreResult<()> {
-        self.delete_config_row("flow_stage_bindings", id).await
+        self.delete_config_row("flow_stage_bindings", id, &[Unbind::Target("stage_binding")]).await
     }
 
     async fn get_flow_state(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<FlowStateRecord>> {

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::{db_err, is_foreign_key_violation, is_unique_violation_on};
 use crate::feed;
+use crate::policies::Unbind;
 use crate::sql::{list_page, ms, order_by, stored_time, to_json_text, Arg, Filter, RowExt, SortField, StoreResult};
 use crate::SqlStore;
 
@@ -177,7 +178,8 @@ impl GroupStore for SqlStore {
 
     async fn delete_group(&self, id: Uuid) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        // Memberships cascade; children's parent_id becomes NULL (ON DELETE SET NULL).
+        // Memberships cascade; children's parent_id becomes NULL (ON DELETE SET NULL); policy bindings
+        // naming it are deleted explicitly.
         let result = sqlx::query("DELETE FROM groups WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -185,6 +187,9 @@ impl GroupStore for SqlStore {
             .map_err(db_err)?;
         if result.rows_affected() > 0 {
             feed::record(&mut tx, &Change::Groups).await?;
+            if Unbind::Subject("group").run(&mut tx, id).await? > 0 {
+                feed::record(&mut tx, &Change::Config).await?;
+            }
         }
         tx.commit().await.map_err(db_err)
     }

@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod applications;
 mod backup;
 mod dialect;
 mod error;
@@ -18,9 +19,11 @@ mod feed;
 mod flows;
 mod groups;
 mod migrate;
+mod policies;
 mod records;
 mod sessions;
 mod sql;
+mod throttle;
 mod users;
 
 use std::sync::{Arc, Mutex};

@@ -154,7 +154,7 @@ mod tests {
         store.close().await;
 
         let copied = SqlStore::connect(&format!("sqlite://{copy}")).await.unwrap();
-        assert_eq!(copied.schema_version().await.unwrap(), 1);
+        assert_eq!(copied.schema_version().await.unwrap(), SqlStore::latest_schema_version());
         assert!(copied.get_user_by_username("copied").await.unwrap().is_some());
         copied.close().await;
     }

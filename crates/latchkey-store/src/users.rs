@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{corrupt, db_err, is_unique_violation_on};
 use crate::feed;
+use crate::policies::Unbind;
 use crate::sql::{
     list_page, ms, opt_ms, order_by, stored_time, to_json_text, Arg, Filter, RowExt, SortField, StoreResult,
 };
@@ -206,7 +207,8 @@ impl UserStore for SqlStore {
 
     async fn delete_user(&self, id: Uuid) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        // Memberships, sessions and tokens go with it (ON DELETE CASCADE).
+        // Memberships, sessions, tokens and consent grants go with it (ON DELETE CASCADE); policy
+        // bindings naming it are deleted explicitly.
         let result = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -214,6 +216,9 @@ impl UserStore for SqlStore {
             .map_err(db_err)?;
         if result.rows_affected() > 0 {
             feed::record(&mut tx, &Change::User(id)).await?;
+            if Unbind::Subject("user").run(&mut tx, id).await? > 0 {
+                feed::record(&mut tx, &Change::Config).await?;
+            }
         }
         tx.commit().await.map_err(db_err)
     }

@@ -183,6 +183,13 @@ suite!(
     backup_restore_round_trip,
     backup_pages_through_large_tables,
     restore_refuses_non_empty_or_newer,
+    policies_upsert_by_name,
+    policy_bindings_order_upsert_and_cleanup,
+    policy_bindings_go_with_flows_and_stages,
+    applications_providers_and_outposts,
+    consent_grants,
+    throttles_put_get_list_delete,
+    reputation_clamps_and_is_atomic,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -864,7 +871,38 @@ async fn populate(s: &SqlStore) -> (User, Group, Group) {
     })
     .await
     .unwrap();
+    populate_access(s, &user, &parent, &flow).await;
     (user, parent, child)
+}
+
+/// The policy/application half of `populate`.
+async fn populate_access(s: &SqlStore, user: &User, group: &Group, flow: &Flow) {
+    let p = s.upsert_policy(&policy("only-staff", json!({"expr": "true"}))).await.unwrap();
+    let provider = s
+        .upsert_provider(&Provider {
+            id: Uuid::now_v7(),
+            name: "proxy-1".into(),
+            kind: "proxy".into(),
+            authorization_flow_id: Some(flow.id),
+            config: json!({"external_host": "https://app.example.test"}),
+            created_at: t(0),
+        })
+        .await
+        .unwrap();
+    let mut app = application("wiki", Some(provider.id));
+    app.launch_url = None;
+    app.group = None;
+    let app = s.upsert_application(&app).await.unwrap();
+    s.upsert_application(&application("chat", None)).await.unwrap();
+    s.upsert_policy_binding(&binding(BindingTarget::Application(app.id), BindingSubject::Policy(p.id), 0))
+        .await
+        .unwrap();
+    s.upsert_policy_binding(&binding(BindingTarget::Flow(flow.id), BindingSubject::Group(group.id), 5)).await.unwrap();
+    s.upsert_outpost(&outpost("embedded", vec![provider.id])).await.unwrap();
+    s.put_consent(&consent(user.id, app.id, &["openid", "email"], None)).await.unwrap();
+    s.put_throttle(&throttle("ip:192.0.2.9", 3, Some(t(600)))).await.unwrap();
+    s.put_throttle(&throttle("user:pam", 1, None)).await.unwrap();
+    s.adjust_reputation("ip:192.0.2.9", -3, -100, 100, t(1)).await.unwrap();
 }
 
 /// Everything observable through the traits, for comparing two stores.
@@ -882,6 +920,10 @@ async fn snapshot(s: &SqlStore) -> serde_json::Value {
     }
     let tokens: Vec<_> = s.list_tokens(None).await.unwrap().into_iter().map(|t| json!([t, t.secret_hash])).collect();
     let sessions: Vec<_> = s.list_sessions(None).await.unwrap().into_iter().map(|x| json!([x, x.key_hash])).collect();
+    let mut consents = Vec::new();
+    for u in &users {
+        consents.push(s.list_consents(u.id).await.unwrap());
+    }
     json!({
         "users": user_json,
         "groups": s.all_groups().await.unwrap(),
@@ -893,6 +935,15 @@ async fn snapshot(s: &SqlStore) -> serde_json::Value {
         "stages": s.list_stages().await.unwrap(),
         "bindings": bindings,
         "greeting": s.get_setting("greeting").await.unwrap(),
+        "policies": s.list_policies().await.unwrap(),
+        "policy_bindings": s.list_policy_bindings().await.unwrap(),
+        "applications": s.list_applications().await.unwrap(),
+        "providers": s.list_providers().await.unwrap(),
+        "outposts": s.list_outposts().await.unwrap(),
+        "consents": consents,
+        "throttles": s.list_throttles(t(0)).await.unwrap(),
+        "throttle_pam": s.get_throttle("user:pam").await.unwrap(),
+        "reputation": s.get_reputation("ip:192.0.2.9").await.unwrap(),
     })
 }
 
@@ -906,6 +957,11 @@ async fn backup_restore_round_trip(db: TestDb) {
     assert_eq!(doc["tables"]["users"].as_array().unwrap().len(), 2);
     assert!(doc["tables"]["users"][0]["is_active"].is_boolean(), "booleans are booleans on every engine");
     assert!(doc["tables"].get("changes").is_none());
+    for table in ["policies", "policy_bindings", "applications", "providers", "outposts", "consent_grants"] {
+        assert!(!doc["tables"][table].as_array().unwrap().is_empty(), "{table} is backed up");
+    }
+    assert_eq!(doc["tables"]["throttles"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["tables"]["reputation"][0]["score"], -3);
 
     // Into a fresh store of the same engine.
     let fresh = db.sibling(true).await;
@@ -916,6 +972,8 @@ async fn backup_restore_round_trip(db: TestDb) {
     // Numbering continues after the restored ones.
     let next = fresh.store.create_user(new_user("rita")).await.unwrap();
     assert_eq!(next.uid_number, 2002);
+    assert_eq!(fresh.store.list_policy_bindings().await.unwrap().len(), 2);
+    assert_eq!(fresh.store.get_reputation("ip:192.0.2.9").await.unwrap().unwrap().score, -3);
     fresh.store.close().await;
     db.store.close().await;
 }
@@ -1114,5 +1172,417 @@ async fn postgres_change_feed_survives_lost_connections() {
     db.store.delete_user(user.id).await.unwrap();
     expect_change(&mut rx, &Change::User(user.id), Duration::from_millis(1500)).await;
     reader.close().await;
+    db.store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies, applications, consent, throttling
+// ---------------------------------------------------------------------------------------------
+
+fn policy(name: &str, config: serde_json::Value) -> Policy {
+    Policy {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        kind: "expression".into(),
+        config,
+        execution_logging: false,
+        created_at: t(0),
+    }
+}
+
+fn binding(target: BindingTarget, subject: BindingSubject, order: i64) -> PolicyBinding {
+    PolicyBinding {
+        id: Uuid::now_v7(),
+        target,
+        subject,
+        order,
+        negate: false,
+        enabled: true,
+        timeout_ms: 30_000,
+        failure_result: false,
+        created_at: t(order),
+    }
+}
+
+fn application(slug: &str, provider_id: Option<Uuid>) -> Application {
+    Application {
+        id: Uuid::now_v7(),
+        name: format!("{slug} app"),
+        slug: slug.into(),
+        provider_id,
+        launch_url: Some(format!("https://{slug}.example.test/")),
+        icon: None,
+        description: "an app".into(),
+        group: Some("tools".into()),
+        policy_engine_mode: "any".into(),
+        open_in_new_tab: true,
+        created_at: t(0),
+    }
+}
+
+fn outpost(name: &str, provider_ids: Vec<Uuid>) -> Outpost {
+    Outpost {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        kind: "proxy".into(),
+        provider_ids,
+        config: json!({"log_level": "info"}),
+        created_at: t(0),
+    }
+}
+
+fn consent(
+    user_id: Uuid,
+    application_id: Uuid,
+    permissions: &[&str],
+    expires_at: Option<DateTime<Utc>>,
+) -> ConsentGrant {
+    ConsentGrant {
+        id: Uuid::now_v7(),
+        user_id,
+        application_id,
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+        created_at: t(0),
+        expires_at,
+    }
+}
+
+fn throttle(key: &str, failures: i64, blocked_until: Option<DateTime<Utc>>) -> ThrottleRecord {
+    ThrottleRecord { key: key.into(), failures, window_start: t(0), last_failure: t(10), blocked_until }
+}
+
+fn new_flow(slug: &str) -> Flow {
+    Flow {
+        id: Uuid::now_v7(),
+        slug: slug.into(),
+        name: slug.into(),
+        title: slug.into(),
+        designation: FlowDesignation::Authentication,
+        settings: json!({}),
+        created_at: t(0),
+    }
+}
+
+async fn policies_upsert_by_name(db: TestDb) {
+    let s = &db.store;
+    let mut rx = s.subscribe();
+    let p = policy("is-admin", json!({"expression": "return True"}));
+    let stored = s.upsert_policy(&p).await.unwrap();
+    assert_eq!(stored, p);
+    expect_change(&mut rx, &Change::Config, Duration::from_secs(5)).await;
+    let again = Policy {
+        id: Uuid::now_v7(),
+        config: json!({"expression": "return False"}),
+        execution_logging: true,
+        created_at: t(50),
+        ..p.clone()
+    };
+    let updated = s.upsert_policy(&again).await.unwrap();
+    assert_eq!(updated.id, p.id, "the id is kept on update");
+    assert_eq!(updated.created_at, t(0));
+    assert!(updated.execution_logging);
+    assert_eq!(s.get_policy(p.id).await.unwrap().unwrap(), updated);
+    assert_eq!(s.get_policy_by_name("is-admin").await.unwrap().unwrap(), updated);
+    assert_eq!(s.get_policy_by_name("nope").await.unwrap(), None);
+
+    // Upsert goes by name: another name is another policy, and reusing an id under a new name
+    // is a conflict, not a rename.
+    let other = s.upsert_policy(&policy("another", json!({}))).await.unwrap();
+    assert_ne!(other.id, p.id);
+    let renamed = Policy { name: "renamed".into(), ..p.clone() };
+    assert!(matches!(s.upsert_policy(&renamed).await, Err(StoreError::Conflict(_))));
+    let names: Vec<String> = s.list_policies().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["another", "is-admin"]);
+    s.delete_policy(other.id).await.unwrap();
+    assert_eq!(s.get_policy(other.id).await.unwrap(), None);
+    s.delete_policy(other.id).await.unwrap();
+    db.store.close().await;
+}
+
+async fn policy_bindings_order_upsert_and_cleanup(db: TestDb) {
+    let s = &db.store;
+    let user = s.create_user(new_user("bea")).await.unwrap();
+    let group = s.create_group(new_group("ops", None)).await.unwrap();
+    let p1 = s.upsert_policy(&policy("p1", json!({}))).await.unwrap();
+    let p2 = s.upsert_policy(&policy("p2", json!({}))).await.unwrap();
+    let app = s.upsert_application(&application("grafana", None)).await.unwrap();
+    let other_app = s.upsert_application(&application("wiki", None)).await.unwrap();
+    let target = BindingTarget::Application(app.id);
+
+    // Bound out of order; read back by order.
+    let b_group = s.upsert_policy_binding(&binding(target, BindingSubject::Group(group.id), 30)).await.unwrap();
+    let b_p1 = s.upsert_policy_binding(&binding(target, BindingSubject::Policy(p1.id), 10)).await.unwrap();
+    let b_user = s.upsert_policy_binding(&binding(target, BindingSubject::User(user.id), 20)).await.unwrap();
+    let b_p2 = s.upsert_policy_binding(&binding(target, BindingSubject::Policy(p2.id), 40)).await.unwrap();
+    let elsewhere = s
+        .upsert_policy_binding(&binding(BindingTarget::Application(other_app.id), BindingSubject::Policy(p1.id), 0))
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = s.policy_bindings(target).await.unwrap().iter().map(|b| b.id).collect();
+    assert_eq!(ids, [b_p1.id, b_user.id, b_group.id, b_p2.id]);
+    assert_eq!(s.list_policy_bindings().await.unwrap().len(), 5);
+
+    // Upsert by (target, subject) keeps the id and updates the rest.
+    let changed = PolicyBinding {
+        id: Uuid::now_v7(),
+        order: 50,
+        negate: true,
+        enabled: false,
+        timeout_ms: 5,
+        failure_result: true,
+        created_at: t(999),
+        ..b_p1.clone()
+    };
+    let stored = s.upsert_policy_binding(&changed).await.unwrap();
+    assert_eq!(stored.id, b_p1.id, "the binding id is kept on update");
+    assert_eq!(stored.created_at, b_p1.created_at);
+    let bindings = s.policy_bindings(target).await.unwrap();
+    assert_eq!(bindings.last().unwrap(), &stored);
+    assert_eq!(bindings.len(), 4);
+
+    // Both ends must exist.
+    let dangling = binding(target, BindingSubject::Policy(Uuid::now_v7()), 1);
+    assert!(matches!(s.upsert_policy_binding(&dangling).await, Err(StoreError::NotFound(_))));
+    let dangling = binding(BindingTarget::Flow(Uuid::now_v7()), BindingSubject::User(user.id), 1);
+    assert!(matches!(s.upsert_policy_binding(&dangling).await, Err(StoreError::NotFound(_))));
+
+    // Deleting what a binding names removes the binding.
+    s.delete_policy(p1.id).await.unwrap();
+    let ids: Vec<Uuid> = s.policy_bindings(target).await.unwrap().iter().map(|b| b.id).collect();
+    assert_eq!(ids, [b_user.id, b_group.id, b_p2.id]);
+    assert!(s.list_policy_bindings().await.unwrap().iter().all(|b| b.id != elsewhere.id));
+    let mut rx = s.subscribe();
+    s.delete_user(user.id).await.unwrap();
+    expect_change(&mut rx, &Change::Config, Duration::from_secs(5)).await;
+    s.delete_group(group.id).await.unwrap();
+    let ids: Vec<Uuid> = s.policy_bindings(target).await.unwrap().iter().map(|b| b.id).collect();
+    assert_eq!(ids, [b_p2.id]);
+    s.delete_policy_binding(b_p2.id).await.unwrap();
+    assert!(s.policy_bindings(target).await.unwrap().is_empty());
+
+    let b = s.upsert_policy_binding(&binding(target, BindingSubject::Policy(p2.id), 1)).await.unwrap();
+    s.upsert_policy_binding(&binding(BindingTarget::Application(other_app.id), BindingSubject::Policy(p2.id), 1))
+        .await
+        .unwrap();
+    s.delete_application(app.id).await.unwrap();
+    assert!(s.policy_bindings(target).await.unwrap().is_empty());
+    let left = s.list_policy_bindings().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0].id, b.id);
+    assert_eq!(left[0].target, BindingTarget::Application(other_app.id));
+    db.store.close().await;
+}
+
+async fn policy_bindings_go_with_flows_and_stages(db: TestDb) {
+    let s = &db.store;
+    let p = s.upsert_policy(&policy("p", json!({}))).await.unwrap();
+    let flow = s.upsert_flow(&new_flow("f1")).await.unwrap();
+    let other_flow = s.upsert_flow(&new_flow("f2")).await.unwrap();
+    let mut stages = Vec::new();
+    for name in ["a", "b"] {
+        let st =
+            Stage { id: Uuid::now_v7(), name: name.into(), kind: name.into(), config: json!({}), created_at: t(0) };
+        stages.push(s.upsert_stage(&st).await.unwrap());
+    }
+    let mut fsbs = Vec::new();
+    for (i, (f, st)) in [(&flow, &stages[0]), (&flow, &stages[1]), (&other_flow, &stages[0])].into_iter().enumerate() {
+        let b = FlowStageBinding {
+            id: Uuid::now_v7(),
+            flow_id: f.id,
+            stage_id: st.id,
+            order: i as i64,
+            settings: json!({}),
+        };
+        fsbs.push(s.upsert_binding(&b).await.unwrap());
+        s.upsert_policy_binding(&binding(BindingTarget::StageBinding(b.id), BindingSubject::Policy(p.id), 0))
+            .await
+            .unwrap();
+    }
+    s.upsert_policy_binding(&binding(BindingTarget::Flow(flow.id), BindingSubject::Policy(p.id), 0)).await.unwrap();
+    s.upsert_policy_binding(&binding(BindingTarget::Flow(other_flow.id), BindingSubject::Policy(p.id), 0))
+        .await
+        .unwrap();
+    assert_eq!(s.list_policy_bindings().await.unwrap().len(), 5);
+
+    // A stage binding removed directly.
+    s.delete_binding(fsbs[1].id).await.unwrap();
+    assert!(s.policy_bindings(BindingTarget::StageBinding(fsbs[1].id)).await.unwrap().is_empty());
+    assert_eq!(s.list_policy_bindings().await.unwrap().len(), 4);
+    // A flow, with its stage bindings.
+    s.delete_flow(flow.id).await.unwrap();
+    assert!(s.policy_bindings(BindingTarget::Flow(flow.id)).await.unwrap().is_empty());
+    assert!(s.policy_bindings(BindingTarget::StageBinding(fsbs[0].id)).await.unwrap().is_empty());
+    assert_eq!(s.list_policy_bindings().await.unwrap().len(), 2);
+    // A stage, with the stage bindings that use it.
+    s.delete_stage(stages[0].id).await.unwrap();
+    assert!(s.policy_bindings(BindingTarget::StageBinding(fsbs[2].id)).await.unwrap().is_empty());
+    let left = s.list_policy_bindings().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].target, BindingTarget::Flow(other_flow.id));
+    db.store.close().await;
+}
+
+async fn applications_providers_and_outposts(db: TestDb) {
+    let s = &db.store;
+    let flow = s.upsert_flow(&new_flow("authz")).await.unwrap();
+    let provider = Provider {
+        id: Uuid::now_v7(),
+        name: "grafana-oauth".into(),
+        kind: "oauth2".into(),
+        authorization_flow_id: Some(flow.id),
+        config: json!({"client_id": "abc"}),
+        created_at: t(0),
+    };
+    assert_eq!(s.upsert_provider(&provider).await.unwrap(), provider);
+    let again = Provider { id: Uuid::now_v7(), config: json!({"client_id": "xyz"}), ..provider.clone() };
+    let updated = s.upsert_provider(&again).await.unwrap();
+    assert_eq!(updated.id, provider.id, "upsert by name keeps the id");
+    assert_eq!(s.get_provider(provider.id).await.unwrap().unwrap().config, json!({"client_id": "xyz"}));
+    assert_eq!(s.get_provider_by_name("grafana-oauth").await.unwrap().unwrap(), updated);
+    let bad = Provider {
+        id: Uuid::now_v7(),
+        name: "bad".into(),
+        authorization_flow_id: Some(Uuid::now_v7()),
+        ..provider.clone()
+    };
+    assert!(matches!(s.upsert_provider(&bad).await, Err(StoreError::NotFound(_))));
+
+    let app = application("grafana", Some(provider.id));
+    assert_eq!(s.upsert_application(&app).await.unwrap(), app);
+    let again = Application { id: Uuid::now_v7(), name: "Grafana".into(), icon: Some("g.png".into()), ..app.clone() };
+    let updated = s.upsert_application(&again).await.unwrap();
+    assert_eq!(updated.id, app.id, "upsert by slug keeps the id");
+    assert_eq!(s.get_application(app.id).await.unwrap().unwrap(), updated);
+    assert_eq!(s.get_application_by_slug("grafana").await.unwrap().unwrap().name, "Grafana");
+    assert_eq!(s.get_application_by_slug("nope").await.unwrap(), None);
+    let orphan = Application { provider_id: Some(Uuid::now_v7()), ..application("orphan", None) };
+    assert!(matches!(s.upsert_application(&orphan).await, Err(StoreError::NotFound(_))));
+    let plain = s.upsert_application(&application("another", None)).await.unwrap();
+    assert_eq!(s.list_applications().await.unwrap().len(), 2);
+
+    let second = s
+        .upsert_provider(&Provider {
+            id: Uuid::now_v7(),
+            name: "second".into(),
+            authorization_flow_id: None,
+            ..provider.clone()
+        })
+        .await
+        .unwrap();
+    let op = outpost("embedded", vec![provider.id, second.id]);
+    assert_eq!(s.upsert_outpost(&op).await.unwrap(), op);
+    let op2 = Outpost { id: Uuid::now_v7(), kind: "ldap".into(), ..op.clone() };
+    let stored = s.upsert_outpost(&op2).await.unwrap();
+    assert_eq!(stored.id, op.id);
+    assert_eq!(s.get_outpost_by_name("embedded").await.unwrap().unwrap().provider_ids, [provider.id, second.id]);
+    s.upsert_outpost(&outpost("empty", vec![])).await.unwrap();
+    assert_eq!(s.list_outposts().await.unwrap().len(), 2);
+
+    // Deleting a flow leaves the provider without one; deleting a provider leaves its
+    // applications without one and takes it off outposts.
+    s.delete_flow(flow.id).await.unwrap();
+    assert_eq!(s.get_provider(provider.id).await.unwrap().unwrap().authorization_flow_id, None);
+    let mut rx = s.subscribe();
+    s.delete_provider(provider.id).await.unwrap();
+    expect_change(&mut rx, &Change::Config, Duration::from_secs(5)).await;
+    assert_eq!(s.get_provider(provider.id).await.unwrap(), None);
+    assert_eq!(s.get_application(app.id).await.unwrap().unwrap().provider_id, None);
+    assert_eq!(s.get_outpost_by_name("embedded").await.unwrap().unwrap().provider_ids, [second.id]);
+    assert_eq!(s.list_providers().await.unwrap().len(), 1);
+
+    s.delete_outpost(op.id).await.unwrap();
+    assert_eq!(s.get_outpost_by_name("embedded").await.unwrap(), None);
+    s.delete_application(plain.id).await.unwrap();
+    assert_eq!(s.get_application(plain.id).await.unwrap(), None);
+    db.store.close().await;
+}
+
+async fn consent_grants(db: TestDb) {
+    let s = &db.store;
+    let user = s.create_user(new_user("cora")).await.unwrap();
+    let other = s.create_user(new_user("dan")).await.unwrap();
+    let app = s.upsert_application(&application("mail", None)).await.unwrap();
+    let app2 = s.upsert_application(&application("docs", None)).await.unwrap();
+
+    let first = consent(user.id, app.id, &["openid"], Some(t(100)));
+    s.put_consent(&first).await.unwrap();
+    assert_eq!(s.get_consent(user.id, app.id, t(50)).await.unwrap().unwrap(), first);
+    assert_eq!(s.get_consent(user.id, app.id, t(100)).await.unwrap(), None, "expired at expires_at");
+    assert_eq!(s.get_consent(other.id, app.id, t(50)).await.unwrap(), None);
+
+    // Replaces the grant of (user, application).
+    let second = consent(user.id, app.id, &["openid", "profile", "email"], None);
+    s.put_consent(&second).await.unwrap();
+    assert_eq!(s.get_consent(user.id, app.id, t(1_000_000)).await.unwrap().unwrap(), second);
+    assert_eq!(s.list_consents(user.id).await.unwrap(), std::slice::from_ref(&second));
+
+    let dangling = consent(user.id, Uuid::now_v7(), &[], None);
+    assert!(matches!(s.put_consent(&dangling).await, Err(StoreError::NotFound(_))));
+
+    s.put_consent(&consent(user.id, app2.id, &[], None)).await.unwrap();
+    s.put_consent(&consent(other.id, app.id, &["openid"], None)).await.unwrap();
+    assert_eq!(s.list_consents(user.id).await.unwrap().len(), 2);
+    s.delete_consent(second.id).await.unwrap();
+    assert_eq!(s.get_consent(user.id, app.id, t(0)).await.unwrap(), None);
+    s.delete_user(user.id).await.unwrap();
+    assert!(s.list_consents(user.id).await.unwrap().is_empty());
+    s.delete_application(app.id).await.unwrap();
+    assert!(s.list_consents(other.id).await.unwrap().is_empty(), "grants go with the application");
+    db.store.close().await;
+}
+
+async fn throttles_put_get_list_delete(db: TestDb) {
+    let s = &db.store;
+    assert_eq!(s.get_throttle("user:x").await.unwrap(), None);
+    let r = throttle("user:x", 2, None);
+    s.put_throttle(&r).await.unwrap();
+    assert_eq!(s.get_throttle("user:x").await.unwrap().unwrap(), r);
+    let r = ThrottleRecord { failures: 5, last_failure: t(20), blocked_until: Some(t(300)), ..r };
+    s.put_throttle(&r).await.unwrap();
+    assert_eq!(s.get_throttle("user:x").await.unwrap().unwrap(), r);
+    s.put_throttle(&throttle("ip:192.0.2.1", 9, Some(t(600)))).await.unwrap();
+    s.put_throttle(&throttle("ip:192.0.2.2", 9, Some(t(30)))).await.unwrap();
+    s.put_throttle(&throttle("ip:192.0.2.3", 1, None)).await.unwrap();
+
+    let keys = |v: Vec<ThrottleRecord>| v.into_iter().map(|r| r.key).collect::<Vec<_>>();
+    assert_eq!(keys(s.list_throttles(t(100)).await.unwrap()), ["ip:192.0.2.1", "user:x"]);
+    assert_eq!(keys(s.list_throttles(t(300)).await.unwrap()), ["ip:192.0.2.1"], "blocked_until is exclusive");
+    assert_eq!(s.list_throttles(t(0)).await.unwrap().len(), 3);
+    assert!(s.delete_throttle("user:x").await.unwrap());
+    assert!(!s.delete_throttle("user:x").await.unwrap());
+    assert_eq!(s.get_throttle("user:x").await.unwrap(), None);
+    db.store.close().await;
+}
+
+async fn reputation_clamps_and_is_atomic(db: TestDb) {
+    let s = &db.store;
+    assert_eq!(s.get_reputation("ip:a").await.unwrap(), None);
+    assert_eq!(s.adjust_reputation("ip:a", -3, -5, 5, t(1)).await.unwrap(), -3);
+    assert_eq!(s.adjust_reputation("ip:a", -3, -5, 5, t(2)).await.unwrap(), -5, "clamped at min");
+    assert_eq!(s.adjust_reputation("ip:a", 20, -5, 5, t(3)).await.unwrap(), 5, "clamped at max");
+    assert_eq!(
+        s.get_reputation("ip:a").await.unwrap().unwrap(),
+        Reputation { key: "ip:a".into(), score: 5, updated_at: t(3) }
+    );
+    assert_eq!(s.adjust_reputation("ip:b", 50, -10, 10, t(1)).await.unwrap(), 10, "a new key is clamped too");
+    assert_eq!(s.adjust_reputation("ip:c", -50, -10, 10, t(1)).await.unwrap(), -10);
+
+    // Two writers (one through a second pool, as another process) never lose an increment.
+    let other = db.second().await;
+    let (a, b) = (s.clone(), other.clone());
+    let one = tokio::spawn(async move {
+        for _ in 0..50 {
+            a.adjust_reputation("user:race", 1, -1000, 1000, Utc::now()).await.unwrap();
+        }
+    });
+    let two = tokio::spawn(async move {
+        for _ in 0..50 {
+            b.adjust_reputation("user:race", 1, -1000, 1000, Utc::now()).await.unwrap();
+        }
+    });
+    one.await.unwrap();
+    two.await.unwrap();
+    assert_eq!(s.get_reputation("user:race").await.unwrap().unwrap().score, 100);
+    other.close().await;
     db.store.close().await;
 }

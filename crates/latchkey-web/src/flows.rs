@@ -52,10 +52,30 @@ fn apply_effects(caller: &Caller, mut jar: CookieJar, effects: &Effects) -> Cook
     jar
 }
 
+/// The status a challenge is answered with: 429 while throttled, 400 for a malformed answer.
+fn status_of(response: &FlowResponse) -> StatusCode {
+    if response.effects.retry_after.is_some() {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if response.malformed {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// Adds `Retry-After` when the flow was throttled.
+fn with_retry_after(mut out: Response, retry_after: Option<u64>) -> Response {
+    if let Some(secs) = retry_after {
+        out.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    out
+}
+
 fn json_response(caller: &Caller, jar: CookieJar, response: FlowResponse) -> Response {
     let jar = apply_effects(caller, jar, &response.effects);
-    let status = if response.malformed { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    (status, jar, Json(response.challenge)).into_response()
+    let status = status_of(&response);
+    let retry = response.effects.retry_after;
+    with_retry_after((status, jar, Json(response.challenge)).into_response(), retry)
 }
 
 pub async fn executor_get(
@@ -116,6 +136,8 @@ fn html_response(
     answers: Option<&Map<String, Value>>,
 ) -> WebResult<Response> {
     let jar = apply_effects(caller, jar, &response.effects);
+    let status = status_of(&response);
+    let retry = response.effects.retry_after;
     let challenge = response.challenge;
     if challenge.component == "redirect" {
         let to = challenge.data.get("to").and_then(Value::as_str).unwrap_or("/if/user/");
@@ -136,12 +158,9 @@ fn html_response(
             answers => answers,
         },
     )?;
-    let status = match challenge.component.as_str() {
-        "access_denied" => StatusCode::FORBIDDEN,
-        _ if response.malformed => StatusCode::BAD_REQUEST,
-        _ => StatusCode::OK,
-    };
-    Ok((status, jar, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
+    let status = if challenge.component == "access_denied" { StatusCode::FORBIDDEN } else { status };
+    let page = (status, jar, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response();
+    Ok(with_retry_after(page, retry))
 }
 
 fn page_action(slug: &str, raw: &Option<String>) -> String {

@@ -33,6 +33,9 @@ pub struct Caller {
     pub origin: String,
     pub jar: CookieJar,
     pub session: Option<Arc<ActiveSession>>,
+    pub host: Option<String>,
+    pub path: String,
+    pub method: String,
 }
 
 impl Caller {
@@ -50,6 +53,9 @@ impl Caller {
             session: self.session.clone(),
             session_cookie: self.session_cookie(),
             origin: self.origin.clone(),
+            host: self.host.clone(),
+            path: Some(self.path.clone()),
+            method: Some(self.method.clone()),
         }
     }
 
@@ -127,6 +133,11 @@ impl FromRequestParts<AppState> for Caller {
             Some(p) => p.eq_ignore_ascii_case("https"),
             None => listener_https,
         };
+        let host = trusted_peer
+            .then(|| header_str(&parts.headers, "x-forwarded-host"))
+            .flatten()
+            .or_else(|| header_str(&parts.headers, header::HOST.as_str()))
+            .map(String::from);
         let origin = match &state.config.external_url {
             Some(url) => url.origin().ascii_serialization(),
             None => {
@@ -151,6 +162,9 @@ impl FromRequestParts<AppState> for Caller {
             origin,
             jar,
             session,
+            host,
+            path: parts.uri.path().to_string(),
+            method: parts.method.to_string(),
         })
     }
 }

@@ -16,6 +16,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("stages/password.html", include_str!("../templates/stages/password.html")),
     ("stages/prompt.html", include_str!("../templates/stages/prompt.html")),
     ("stages/access_denied.html", include_str!("../templates/stages/access_denied.html")),
+    ("stages/consent.html", include_str!("../templates/stages/consent.html")),
     ("stages/generic.html", include_str!("../templates/stages/generic.html")),
 ];
 

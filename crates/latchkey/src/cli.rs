@@ -40,6 +40,9 @@ pub enum Command {
     /// List and end login sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Apply declarative YAML files (blueprints).
+    #[command(subcommand)]
+    Blueprint(BlueprintCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -49,6 +52,15 @@ pub enum Command {
     Restore { file: PathBuf },
     /// Exit 0 if the local instance answers its liveness probe.
     Healthcheck,
+    /// Brute-force throttling: see and lift blocks.
+    #[command(subcommand)]
+    Throttle(ThrottleCommand),
+    /// Policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Consent users gave to applications.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +152,49 @@ pub enum SessionCommand {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ThrottleCommand {
+    /// List accounts and addresses that are blocked right now.
+    List,
+    /// Lift the block of an account (--user) or an address (--ip).
+    Clear {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Evaluate an expression for a user; prints `true` or `false` (exit 0) or the error (exit 2).
+    Test {
+        #[arg(long)]
+        expression: String,
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// List a user's consent grants.
+    List { username: String },
+    /// Withdraw a user's consent to an application; they are asked again next time.
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        application: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlueprintCommand {
+    /// Create or update what a blueprint file declares; an invalid file changes nothing.
+    Apply { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -216,6 +216,106 @@ pub async fn session(app: &App, command: SessionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn throttle(app: &App, command: ThrottleCommand) -> anyhow::Result<()> {
+    let throttle = &app.core.flows.services().throttle;
+    match command {
+        ThrottleCommand::List => {
+            println!("{:<40} {:<9} {:<20} BLOCKED UNTIL", "KEY", "FAILURES", "LAST FAILURE");
+            for r in throttle.list().await.map_err(core_err)? {
+                println!(
+                    "{:<40} {:<9} {:<20} {}",
+                    r.key,
+                    r.failures,
+                    r.last_failure.format("%Y-%m-%d %H:%M:%S"),
+                    r.blocked_until.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        ThrottleCommand::Clear { user, ip } => {
+            let key = match (user, ip) {
+                (Some(u), None) => latchkey_core::throttle::account_key(&u),
+                (None, Some(ip)) => latchkey_core::throttle::address_key(&ip),
+                _ => bail!("give either --user USERNAME or --ip ADDRESS"),
+            };
+            let cleared = throttle.clear(&key).await.map_err(core_err)?;
+            app.core
+                .events
+                .record_raw(
+                    "throttle_cleared",
+                    None,
+                    None,
+                    &ClientInfo::cli(),
+                    serde_json::json!({ "key": key, "was_blocked": cleared }),
+                )
+                .await;
+            println!("{} {key}", if cleared { "cleared" } else { "nothing to clear for" });
+        }
+    }
+    Ok(())
+}
+
+/// A policy expression that does not compile or fails: `policy test` exits 2 for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExpressionError(pub String);
+
+pub async fn policy(app: &App, command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Test { expression, user } => {
+            let user = app.core.directory.require_user(&user).await.map_err(core_err)?;
+            let request =
+                app.core.access.request(Some(&user), Default::default(), Default::default()).await.map_err(core_err)?;
+            match latchkey_core::policy::test_expression(&expression, &request).await {
+                Ok(result) => {
+                    println!("{result}");
+                    Ok(())
+                }
+                Err(e) => Err(ExpressionError(e.to_string()).into()),
+            }
+        }
+    }
+}
+
+pub async fn consent(app: &App, command: ConsentCommand) -> anyhow::Result<()> {
+    let store = &app.core.store;
+    match command {
+        ConsentCommand::List { username } => {
+            let user = app.core.directory.require_user(&username).await.map_err(core_err)?;
+            println!("{:<24} {:<40} {:<17} EXPIRES", "APPLICATION", "PERMISSIONS", "GIVEN");
+            for g in store.list_consents(user.id).await.map_err(|e| core_err(CoreError::from_store(e)))? {
+                let app_slug =
+                    store.get_application(g.application_id).await.ok().flatten().map(|a| a.slug).unwrap_or_default();
+                println!(
+                    "{:<24} {:<40} {:<17} {}",
+                    app_slug,
+                    g.permissions.join(" "),
+                    g.created_at.format("%Y-%m-%d %H:%M"),
+                    g.expires_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        ConsentCommand::Revoke { user, application } => {
+            let u = app.core.directory.require_user(&user).await.map_err(core_err)?;
+            let a = store
+                .get_application_by_slug(&application)
+                .await
+                .map_err(|e| core_err(CoreError::from_store(e)))?
+                .ok_or_else(|| anyhow!("application '{application}' not found"))?;
+            let grants = store.list_consents(u.id).await.map_err(|e| core_err(CoreError::from_store(e)))?;
+            let Some(grant) = grants.into_iter().find(|g| g.application_id == a.id) else {
+                bail!("{user} has not consented to {application}");
+            };
+            store.delete_consent(grant.id).await.map_err(|e| core_err(CoreError::from_store(e)))?;
+            app.core
+                .events
+                .record("consent_revoked", Some(&u), &ClientInfo::cli(), serde_json::json!({ "application": a.slug }))
+                .await;
+            println!("revoked {user}'s consent to {application}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn backup(app: &App, file: &std::path::Path) -> anyhow::Result<()> {
     // Write next to the target and rename, so a failed backup never leaves a truncated file behind.
     let tmp = file.with_extension("partial");
@@ -260,4 +360,57 @@ pub fn healthcheck(config: &crate::config::Config) -> anyhow::Result<()> {
     } else {
         bail!("the instance on {target} is not healthy: {}", response.lines().next().unwrap_or("no answer"))
     }
+}
+
+pub async fn blueprint(app: &App, command: BlueprintCommand) -> anyhow::Result<()> {
+    match command {
+        BlueprintCommand::Apply { file } => {
+            let report = apply_blueprint_file(app, &file).await?;
+            println!(
+                "blueprint {}: {} created, {} updated, {} unchanged",
+                file.display(),
+                report.created,
+                report.updated,
+                report.unchanged
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn apply_blueprint_file(
+    app: &App,
+    file: &std::path::Path,
+) -> anyhow::Result<latchkey_core::blueprint::ApplyReport> {
+    let yaml = std::fs::read_to_string(file).map_err(|e| anyhow!("cannot read blueprint {}: {e}", file.display()))?;
+    // Errors name the file as the user knows it: its name, not the whole path.
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| file.display().to_string());
+    latchkey_core::blueprint::apply(&app.core, &name, &yaml, &ClientInfo::cli()).await.map_err(core_err)
+}
+
+/// Applies every `data_dir/blueprints/*.yaml` (and `*.yml`), sorted by file name; the first
+/// invalid file stops with its error. A missing directory is not an error.
+pub async fn apply_blueprint_dir(app: &App) -> anyhow::Result<()> {
+    let dir = app.config.data_dir.join("blueprints");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("cannot read the blueprint directory {}: {e}", dir.display()),
+    };
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let report = apply_blueprint_file(app, &file).await?;
+        tracing::info!(
+            blueprint = %file.display(),
+            created = report.created,
+            updated = report.updated,
+            unchanged = report.unchanged,
+            "blueprint applied"
+        );
+    }
+    Ok(())
 }

@@ -49,7 +49,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("latchkey: {e:#}");
-            ExitCode::FAILURE
+            // `policy test` tells a broken expression (2) from a command that failed (1).
+            if e.downcast_ref::<commands::ExpressionError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -97,7 +102,11 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
                 Command::Group(c) => commands::group(&app, c).await,
                 Command::Token(c) => commands::token(&app, c).await,
                 Command::Session(c) => commands::session(&app, c).await,
+                Command::Blueprint(c) => commands::blueprint(&app, c).await,
                 Command::Backup { file } => commands::backup(&app, &file).await,
+                Command::Throttle(c) => commands::throttle(&app, c).await,
+                Command::Policy(c) => commands::policy(&app, c).await,
+                Command::Consent(c) => commands::consent(&app, c).await,
                 Command::Serve
                 | Command::Config(_)
                 | Command::Healthcheck

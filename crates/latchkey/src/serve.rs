@@ -47,6 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = listen::bind(config.listen.metrics, "metrics").await?;
 
     let app = App::open(config, DATABASE_PATIENCE).await?;
+    crate::commands::apply_blueprint_dir(&app).await?;
     let config = &app.config;
     let hostnames: Vec<String> = config.external_url.iter().filter_map(|u| u.host_str().map(String::from)).collect();
     let tls_config = tls::load_or_generate(&config.data_dir.join("certs"), &hostnames)?;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::directory::ADMINS_GROUP;
 use crate::error::{CoreError, Result};
-use crate::model::{Flow, FlowDesignation, FlowStageBinding, NewGroup, Stage};
+use crate::model::{Flow, FlowDesignation, FlowStageBinding, NewGroup, Policy, Stage};
 use crate::store::Store;
 
 struct DefaultFlow {
@@ -49,6 +49,60 @@ fn default_flows() -> Vec<DefaultFlow> {
             ],
         },
         DefaultFlow {
+            slug: "default-provider-authorization-explicit-consent",
+            name: "Authorize application (explicit consent)",
+            title: "Authorize application",
+            designation: FlowDesignation::Authorization,
+            settings: json!({ "authentication": "require_authenticated" }),
+            stages: vec![("default-provider-authorization-consent", "consent", json!({ "mode": "permanent" }))],
+        },
+        DefaultFlow {
+            slug: "default-provider-authorization-implicit-consent",
+            name: "Authorize application (implicit consent)",
+            title: "Authorize application",
+            designation: FlowDesignation::Authorization,
+            settings: json!({ "authentication": "require_authenticated" }),
+            stages: vec![("default-provider-authorization-implicit-consent", "consent", json!({ "mode": "implicit" }))],
+        },
+        DefaultFlow {
+            slug: "default-user-settings-flow",
+            name: "User settings",
+            title: "Update your info",
+            designation: FlowDesignation::StageConfiguration,
+            settings: json!({ "authentication": "require_authenticated" }),
+            stages: vec![
+                (
+                    "default-user-settings-prompt",
+                    "prompt",
+                    json!({ "fields": [
+                        { "name": "username", "label": "Username", "type": "username", "required": true },
+                        { "name": "name", "label": "Name", "type": "text", "required": true },
+                        { "name": "email", "label": "Email", "type": "email", "required": true },
+                    ], "primary_action": "Save" }),
+                ),
+                ("default-user-settings-write", "user_write", json!({ "user_creation_mode": "never_create" })),
+            ],
+        },
+        DefaultFlow {
+            slug: "default-password-change",
+            name: "Change password",
+            title: "Change your password",
+            designation: FlowDesignation::StageConfiguration,
+            settings: json!({ "authentication": "require_authenticated" }),
+            stages: vec![
+                ("default-password-change-current", "password", json!({})),
+                (
+                    "default-password-change-prompt",
+                    "prompt",
+                    json!({ "fields": [
+                        { "name": "password", "label": "New password", "type": "password", "required": true },
+                        { "name": "password_repeat", "label": "New password (repeat)", "type": "password", "required": true },
+                    ], "validation_policies": [DEFAULT_PASSWORD_POLICY], "primary_action": "Change password" }),
+                ),
+                ("default-password-change-write", "user_write", json!({ "user_creation_mode": "never_create" })),
+            ],
+        },
+        DefaultFlow {
             slug: "default-invalidation-flow",
             name: "Default invalidation flow",
             title: "Logging out",
@@ -58,6 +112,9 @@ fn default_flows() -> Vec<DefaultFlow> {
         },
     ]
 }
+
+/// The password rules new passwords are checked against by default.
+pub const DEFAULT_PASSWORD_POLICY: &str = "default-password-policy";
 
 /// Creates whatever default object is missing. Safe to run at every start and concurrently
 /// from several instances (upserts by unique name and slug).
@@ -79,6 +136,19 @@ pub async fn ensure_defaults(store: &dyn Store) -> Result<()> {
             Ok(_) | Err(crate::StoreError::Conflict(_)) => {}
             Err(other) => return Err(e(other)),
         }
+    }
+    if store.get_policy_by_name(DEFAULT_PASSWORD_POLICY).await.map_err(e)?.is_none() {
+        store
+            .upsert_policy(&Policy {
+                id: Uuid::now_v7(),
+                name: DEFAULT_PASSWORD_POLICY.into(),
+                kind: "password".into(),
+                config: json!({ "length_min": 8, "zxcvbn_score_threshold": 2 }),
+                execution_logging: false,
+                created_at: Utc::now(),
+            })
+            .await
+            .map_err(e)?;
     }
     for def in default_flows() {
         if store.get_flow_by_slug(def.slug).await.map_err(e)?.is_some() {

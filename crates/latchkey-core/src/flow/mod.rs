@@ -5,7 +5,9 @@
 //! request description and an answer, and render the [`Challenge`] it returns. Stages are
 //! [`StageHandler`]s looked up by kind, so features add stages without touching the engine.
 
+pub mod consent;
 pub mod defaults;
+pub mod prompt;
 pub mod stages;
 
 use async_trait::async_trait;
@@ -16,12 +18,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use uuid::Uuid;
 
+use crate::access::Access;
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::{CoreError, FieldErrors, Result};
 use crate::events::{ClientInfo, Events};
-use crate::model::{Flow, FlowDesignation, FlowStateRecord, Stage};
+use crate::model::{BindingSubject, BindingTarget, PolicyBinding};
+use crate::model::{Flow, FlowDesignation, FlowStateRecord};
+use crate::policy::{evaluate, EngineMode, RequestFacts, ResolvedBinding};
 use crate::redirect::safe_next;
+use crate::reputation::ReputationBook;
 use crate::sessions::{ActiveSession, Sessions};
 use crate::store::Store;
 use crate::throttle::Throttle;
@@ -75,6 +81,8 @@ pub enum Step {
     Next,
     /// Stop the flow with this message.
     Deny(String),
+    /// End the flow, sending the browser here.
+    Redirect(String),
 }
 
 /// The request as the adapter saw it.
@@ -86,6 +94,22 @@ pub struct RequestInfo {
     pub session_cookie: Option<String>,
     /// `scheme://host[:port]` under which users reach this instance; `next` must stay on it.
     pub origin: String,
+    /// Host, path and method of the request, for policies.
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub method: Option<String>,
+}
+
+impl RequestInfo {
+    pub fn facts(&self) -> RequestFacts {
+        RequestFacts {
+            client_ip: self.client.ip.clone(),
+            user_agent: self.client.user_agent.clone(),
+            host: self.host.clone(),
+            path: self.path.clone(),
+            method: self.method.clone(),
+        }
+    }
 }
 
 /// Side effects the adapter must carry out on the response.
@@ -97,6 +121,14 @@ pub struct Effects {
     /// Number of failed and successful logins in this step, for metrics.
     pub logins_ok: u32,
     pub logins_failed: u32,
+    /// The attempt was throttled: retry after this many seconds (adapters answer 429).
+    pub retry_after: Option<u64>,
+}
+
+/// A new plan, or the answer for a request the flow's policies refuse.
+enum Planned {
+    Ready(Box<FlowState>),
+    Denied(FlowResponse),
 }
 
 /// The executor's answer to one request.
@@ -116,6 +148,12 @@ pub struct PlannedStage {
     pub name: String,
     pub kind: String,
     pub config: Value,
+    /// Evaluate the stage binding's policies again when the stage is reached.
+    #[serde(default)]
+    pub re_evaluate: bool,
+    /// The stage binding's settings (policy engine mode…).
+    #[serde(default)]
+    pub binding_settings: Value,
 }
 
 /// The server-side state of one running flow.
@@ -151,6 +189,8 @@ pub struct FlowServices {
     pub events: Events,
     pub tokens: Tokens,
     pub throttle: Throttle,
+    pub reputation: ReputationBook,
+    pub access: Access,
 }
 
 /// Everything a stage sees while it runs.
@@ -160,6 +200,96 @@ pub struct StageCx<'a> {
     pub config: &'a Value,
     pub request: &'a RequestInfo,
     pub effects: &'a mut Effects,
+}
+
+impl StageCx<'_> {
+    /// The policy view of this flow's request: the flow's user (or the session's), the
+    /// request facts and the flow context.
+    pub async fn policy_request(&self) -> Result<crate::policy::PolicyRequest> {
+        policy_request(self.services, self.state, self.request).await
+    }
+
+    /// Messages of the password policies this stage names (`validation_policies`) that
+    /// `candidate` fails; empty when it passes.
+    pub async fn validate_password(&self, candidate: &str) -> Result<Vec<String>> {
+        let names: Vec<String> = self
+            .config
+            .get("validation_policies")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut req = self.policy_request().await?;
+        req.password = Some(candidate.to_string());
+        let mut resolved = Vec::new();
+        for name in names {
+            let policy = self.services.store.get_policy_by_name(&name).await.map_err(store_err)?;
+            let Some(policy) = policy else {
+                tracing::warn!(policy = %name, "a prompt names a validation policy that does not exist");
+                continue;
+            };
+            let compiled = self.services.access.policies.compile(&policy)?;
+            resolved.push(ResolvedBinding {
+                binding: PolicyBinding {
+                    id: policy.id,
+                    target: BindingTarget::Flow(Uuid::nil()),
+                    subject: BindingSubject::Policy(policy.id),
+                    order: 0,
+                    negate: false,
+                    enabled: true,
+                    timeout_ms: 1000,
+                    failure_result: false,
+                    created_at: policy.created_at,
+                },
+                policy: Some(compiled),
+            });
+        }
+        let decision = evaluate(&resolved, EngineMode::All, &req, self.services.access.env()).await;
+        if decision.passing {
+            return Ok(Vec::new());
+        }
+        if decision.messages.is_empty() {
+            return Ok(vec!["This password is not allowed.".into()]);
+        }
+        Ok(decision.messages)
+    }
+}
+
+async fn policy_request(
+    services: &FlowServices,
+    state: &FlowState,
+    req: &RequestInfo,
+) -> Result<crate::policy::PolicyRequest> {
+    let user_id = state.pending_user.or(req.session.as_ref().map(|s| s.user.id));
+    let user = match user_id {
+        Some(id) => services.store.get_user(id).await.map_err(store_err)?,
+        None => None,
+    };
+    services.access.request(user.as_ref(), req.facts(), flow_context(state)).await
+}
+
+fn engine_mode(settings: &Value) -> EngineMode {
+    settings.get("policy_engine_mode").and_then(Value::as_str).and_then(EngineMode::parse).unwrap_or_default()
+}
+
+/// What expressions see under `context` while a flow runs.
+fn flow_context(state: &FlowState) -> Map<String, Value> {
+    let mut context = Map::new();
+    context.insert("flow".into(), json!(state.flow_slug));
+    if let Some(app) = state.data.get(consent::APPLICATION) {
+        context.insert("application".into(), app.clone());
+    }
+    if let Some(prompt) = state.data.get(prompt::PROMPT_DATA) {
+        let mut visible = prompt.clone();
+        // Passwords never reach expressions.
+        if let Value::Object(m) = &mut visible {
+            m.retain(|k, _| !k.contains("password"));
+        }
+        context.insert("prompt_data".into(), visible);
+    }
+    context
 }
 
 /// One kind of stage.
@@ -239,37 +369,92 @@ impl FlowEngine {
         self.services.store.put_flow_state(&record).await.map_err(store_err)
     }
 
-    /// Builds a fresh plan for `flow`.
-    async fn plan(&self, flow: &Flow, query: BTreeMap<String, String>, req: &RequestInfo) -> Result<FlowState> {
-        let bindings = self.services.store.flow_bindings(flow.id).await.map_err(store_err)?;
-        let plan = bindings
-            .into_iter()
-            .map(|(binding, stage): (_, Stage)| PlannedStage {
-                binding_id: binding.id,
-                stage_id: stage.id,
-                name: stage.name,
-                kind: stage.kind,
-                config: stage.config,
-            })
-            .collect();
+    /// Builds a fresh plan for `flow`: the flow's policies decide whether it runs at all, each
+    /// stage binding's policies whether its stage is in the plan.
+    async fn plan(&self, flow: &Flow, query: BTreeMap<String, String>, req: &RequestInfo) -> Result<Planned> {
         let next = query.get("next").and_then(|n| safe_next(n, &req.origin));
-        let pending_user = match flow.designation {
-            FlowDesignation::Authentication | FlowDesignation::Enrollment | FlowDesignation::Recovery => None,
-            _ => req.session.as_ref().map(|s| s.user.id),
+        let session_user = req.session.as_ref().map(|s| (s.user.id, s.user.username.clone()));
+        let (pending_user, pending_login) = match flow.designation {
+            FlowDesignation::Authentication | FlowDesignation::Enrollment | FlowDesignation::Recovery => (None, None),
+            _ => session_user.map_or((None, None), |(id, name)| (Some(id), Some(name))),
         };
-        Ok(FlowState {
+        let mut state = FlowState {
             flow_slug: flow.slug.clone(),
             flow_title: flow.title.clone(),
             designation: flow.designation,
             query,
             next,
-            plan,
+            plan: Vec::new(),
             index: 0,
             pending_user,
-            pending_login: None,
+            pending_login,
             amr: Vec::new(),
             data: Map::new(),
-        })
+        };
+        let application = match state.query.get("application") {
+            Some(slug) => self.services.store.get_application_by_slug(slug).await.map_err(store_err)?,
+            None => None,
+        };
+        if let Some(app) = &application {
+            state.data.insert(consent::APPLICATION.into(), json!(app.slug));
+        }
+        let preq = policy_request(&self.services, &state, req).await?;
+        let decision =
+            self.services.access.check(BindingTarget::Flow(flow.id), engine_mode(&flow.settings), &preq).await?;
+        if !decision.passing {
+            return Ok(Planned::Denied(self.denied(flow, &state, decision.messages)));
+        }
+        if let (Some(app), Some(session)) = (&application, &req.session) {
+            if let Some(user) = self.services.store.get_user(session.user.id).await.map_err(store_err)? {
+                let decision = self.services.access.application(app, &user, req.facts()).await?;
+                if !decision.passing {
+                    let mut messages = decision.messages;
+                    messages.insert(0, format!("You do not have access to {}.", app.name));
+                    return Ok(Planned::Denied(denied(flow, &messages.join(" "))));
+                }
+            }
+        }
+        for (binding, stage) in self.services.store.flow_bindings(flow.id).await.map_err(store_err)? {
+            let on_plan = binding.settings.get("evaluate_on_plan").and_then(Value::as_bool).unwrap_or(true);
+            if on_plan {
+                let target = BindingTarget::StageBinding(binding.id);
+                if !self.services.access.check(target, engine_mode(&binding.settings), &preq).await?.passing {
+                    continue;
+                }
+            }
+            state.plan.push(PlannedStage {
+                binding_id: binding.id,
+                stage_id: stage.id,
+                name: stage.name,
+                kind: stage.kind,
+                config: stage.config,
+                re_evaluate: binding.settings.get("re_evaluate_policies").and_then(Value::as_bool).unwrap_or(false),
+                binding_settings: binding.settings,
+            });
+        }
+        Ok(Planned::Ready(Box::new(state)))
+    }
+
+    /// What a user whom the flow's policies refuse gets, by the flow's `denied_action`.
+    fn denied(&self, flow: &Flow, state: &FlowState, messages: Vec<String>) -> FlowResponse {
+        let action = flow.settings.get("denied_action").and_then(Value::as_str).unwrap_or("message");
+        let to = state.next.clone().unwrap_or_else(|| default_target(flow.designation));
+        match action {
+            "continue" => {
+                FlowResponse { challenge: Challenge::redirect(&to), effects: Effects::default(), malformed: false }
+            }
+            "message_continue" if state.next.is_some() => {
+                FlowResponse { challenge: Challenge::redirect(&to), effects: Effects::default(), malformed: false }
+            }
+            _ => {
+                let message = if messages.is_empty() {
+                    "You are not allowed to use this flow.".to_string()
+                } else {
+                    messages.join(" ")
+                };
+                denied(flow, &message)
+            }
+        }
     }
 
     /// Refuses to start a flow whose authentication requirement the request does not meet.
@@ -303,7 +488,10 @@ impl FlowEngine {
                 if let Some(reason) = Self::check_requirement(&flow, req) {
                     return Ok(denied(&flow, &reason));
                 }
-                self.plan(&flow, query, req).await?
+                match self.plan(&flow, query, req).await? {
+                    Planned::Ready(state) => *state,
+                    Planned::Denied(response) => return Ok(response),
+                }
             }
         };
         self.advance(&key, state, req, None).await
@@ -319,7 +507,10 @@ impl FlowEngine {
                 if let Some(reason) = Self::check_requirement(&flow, req) {
                     return Ok(denied(&flow, &reason));
                 }
-                self.plan(&flow, BTreeMap::new(), req).await?
+                match self.plan(&flow, BTreeMap::new(), req).await? {
+                    Planned::Ready(state) => *state,
+                    Planned::Denied(response) => return Ok(response),
+                }
             }
         };
         let Value::Object(answer) = answer else {
@@ -370,6 +561,15 @@ impl FlowEngine {
             let step = match pending.take() {
                 Some(step) => step,
                 None => {
+                    if planned.re_evaluate {
+                        let preq = policy_request(&self.services, &state, req).await?;
+                        let target = BindingTarget::StageBinding(planned.binding_id);
+                        let mode = engine_mode(&planned.binding_settings);
+                        if !self.services.access.check(target, mode, &preq).await?.passing {
+                            state.index += 1;
+                            continue;
+                        }
+                    }
                     let handler = self.require_handler(&planned.kind)?;
                     let mut cx = StageCx {
                         services: &self.services,
@@ -395,6 +595,10 @@ impl FlowEngine {
                     self.save_state(key, &state).await?;
                     return Ok(FlowResponse { challenge: with_flow_info(challenge, &state), effects, malformed: true });
                 }
+                Step::Redirect(to) => {
+                    self.services.store.delete_flow_state(key).await.map_err(store_err)?;
+                    return Ok(FlowResponse { challenge: Challenge::redirect(&to), effects, malformed: false });
+                }
                 Step::Deny(message) => {
                     self.services.store.delete_flow_state(key).await.map_err(store_err)?;
                     let challenge = with_flow_info(Challenge::access_denied(&message), &state);
@@ -412,6 +616,7 @@ fn merge_effects(into: &mut Effects, from: Effects) {
     into.clear_session |= from.clear_session;
     into.logins_ok += from.logins_ok;
     into.logins_failed += from.logins_failed;
+    into.retry_after = into.retry_after.or(from.retry_after);
 }
 
 fn default_target(designation: FlowDesignation) -> String {

@@ -9,6 +9,7 @@ use super::{Challenge, StageCx, StageHandler, Step};
 use crate::directory::{validate_email, validate_username, UserInput, ADMINS_GROUP};
 use crate::error::{CoreError, Result};
 use crate::model::{TokenKind, User};
+use crate::throttle::retry_after_secs;
 
 pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
     vec![
@@ -18,12 +19,16 @@ pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
         Arc::new(UserLogout),
         Arc::new(Deny),
         Arc::new(InitialSetup),
+        Arc::new(super::prompt::Prompt),
+        Arc::new(super::prompt::UserWrite),
+        Arc::new(super::consent::Consent),
+        Arc::new(super::consent::Redirect),
     ]
 }
 
 /// The one answer to any failed credential check: it must not tell whether the account exists.
 pub const INVALID_CREDENTIALS: &str = "Invalid username or password.";
-pub const THROTTLED: &str = "Too many failed attempts. Try again in a few minutes.";
+pub const THROTTLED: &str = "Too many failed attempts.";
 const REQUIRED: &str = "This field is required.";
 
 /// A required string field of an answer, or the challenge to show with the error.
@@ -48,16 +53,16 @@ fn string_list(config: &Value, key: &str, default: &[&str]) -> Vec<String> {
     }
 }
 
-/// Records a failed login and answers with the uniform error.
+/// Records a failed login (and counts it for throttling) and answers with the uniform error.
 async fn login_failed(
     cx: &mut StageCx<'_>,
     login: &str,
     user: Option<&User>,
     reason: &str,
     challenge: Challenge,
-) -> Step {
+) -> Result<Step> {
     let s = cx.services;
-    s.throttle.failure(login, cx.request.client.ip.as_deref());
+    let ip = cx.request.client.ip.clone();
     cx.effects.logins_failed += 1;
     s.events
         .record_raw(
@@ -68,8 +73,44 @@ async fn login_failed(
             json!({ "reason": reason, "flow": cx.state.flow_slug }),
         )
         .await;
-    let message = if reason == "throttled" { THROTTLED } else { INVALID_CREDENTIALS };
-    Step::Show(challenge.error("non_field_errors", message))
+    s.reputation.failure(login, ip.as_deref()).await;
+    if let Some(wait) = s.throttle.failure(login, ip.as_deref()).await? {
+        s.events
+            .record_raw(
+                "login_throttled",
+                user.map(|u| u.id),
+                Some(login.to_string()),
+                &cx.request.client,
+                json!({ "retry_after_seconds": retry_after_secs(wait) }),
+            )
+            .await;
+    }
+    Ok(Step::Show(challenge.error("non_field_errors", INVALID_CREDENTIALS)))
+}
+
+/// The answer while a login is throttled: it says when to retry, and verifies nothing.
+async fn throttled(cx: &mut StageCx<'_>, login: &str, wait: chrono::Duration, challenge: Challenge) -> Step {
+    let secs = retry_after_secs(wait);
+    cx.effects.retry_after = Some(secs);
+    cx.effects.logins_failed += 1;
+    cx.services
+        .events
+        .record_raw(
+            "login_failed",
+            None,
+            Some(login.to_string()),
+            &cx.request.client,
+            json!({ "reason": "throttled", "flow": cx.state.flow_slug, "retry_after_seconds": secs }),
+        )
+        .await;
+    Step::Show(challenge.error("non_field_errors", &format!("{THROTTLED} Try again in {secs} seconds.")))
+}
+
+/// A successful password check: forgive the account, raise reputation.
+async fn login_succeeded(cx: &mut StageCx<'_>, login: &str) -> Result<()> {
+    cx.services.throttle.success(login).await?;
+    cx.services.reputation.success(login, cx.request.client.ip.as_deref()).await;
+    Ok(())
 }
 
 /// Asks who the user is, optionally with the password on the same step.
@@ -139,13 +180,13 @@ impl StageHandler for Identification {
             Ok(p) => p,
             Err(step) => return Ok(step),
         };
-        if cx.services.throttle.is_blocked(&login, cx.request.client.ip.as_deref()) {
-            return Ok(login_failed(cx, &login, None, "throttled", challenge).await);
+        if let Some(wait) = cx.services.throttle.check(&login, cx.request.client.ip.as_deref()).await? {
+            return Ok(throttled(cx, &login, wait, challenge).await);
         }
         let user = Self::lookup(cx, &login).await?;
         if cx.services.directory.check_password(user.as_ref(), password).await? {
             if let Some(user) = user {
-                cx.services.throttle.success(&login);
+                login_succeeded(cx, &login).await?;
                 cx.state.pending_user = Some(user.id);
                 cx.state.pending_login = Some(login);
                 cx.state.amr.push("pwd".into());
@@ -153,7 +194,7 @@ impl StageHandler for Identification {
             }
         }
         let reason = if user.is_some() { "invalid_password" } else { "unknown_user" };
-        Ok(login_failed(cx, &login, user.as_ref(), reason, challenge).await)
+        login_failed(cx, &login, user.as_ref(), reason, challenge).await
     }
 }
 
@@ -182,20 +223,20 @@ impl StageHandler for Password {
             Ok(p) => p,
             Err(step) => return Ok(step),
         };
-        if cx.services.throttle.is_blocked(&login, cx.request.client.ip.as_deref()) {
-            return Ok(login_failed(cx, &login, None, "throttled", challenge).await);
+        if let Some(wait) = cx.services.throttle.check(&login, cx.request.client.ip.as_deref()).await? {
+            return Ok(throttled(cx, &login, wait, challenge).await);
         }
         let user = match cx.state.pending_user {
             Some(id) => cx.services.store.get_user(id).await.map_err(CoreError::from_store)?,
             None => None,
         };
         if cx.services.directory.check_password(user.as_ref(), password).await? {
-            cx.services.throttle.success(&login);
+            login_succeeded(cx, &login).await?;
             cx.state.amr.push("pwd".into());
             return Ok(Step::Next);
         }
         let reason = if user.is_some() { "invalid_password" } else { "unknown_user" };
-        Ok(login_failed(cx, &login, user.as_ref(), reason, challenge).await)
+        login_failed(cx, &login, user.as_ref(), reason, challenge).await
     }
 }
 

@@ -1,0 +1,81 @@
+//! The one place that decides with policies: whether a user may use an application (asked
+//! by forward auth, OIDC and the portal alike) and what a flow's bindings say.
+
+use async_trait::async_trait;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::error::{CoreError, Result};
+use crate::groups::GroupIndex;
+use crate::model::{Application, BindingTarget, User};
+use crate::policy::{Decision, EngineMode, Policies, PolicyEnv, PolicyRequest, PolicyUser, RequestFacts};
+use crate::reputation::ReputationBook;
+
+/// What policies may look up outside the engine.
+pub struct CorePolicyEnv {
+    reputation: ReputationBook,
+}
+
+#[async_trait]
+impl PolicyEnv for CorePolicyEnv {
+    async fn hibp_range(&self, _prefix: &str) -> Result<String, CoreError> {
+        // Off by default; this instance makes no outbound requests, so the check cannot run.
+        Err(CoreError::invalid("The breach check (Have I Been Pwned) is not available on this instance."))
+    }
+
+    async fn reputation(&self, key: &str) -> Result<i64, CoreError> {
+        self.reputation.score(key).await
+    }
+}
+
+#[derive(Clone)]
+pub struct Access {
+    pub policies: Policies,
+    groups: GroupIndex,
+    clock: Arc<dyn Clock>,
+    env: Arc<dyn PolicyEnv>,
+}
+
+impl Access {
+    pub fn new(policies: Policies, groups: GroupIndex, clock: Arc<dyn Clock>, reputation: ReputationBook) -> Self {
+        Access { policies, groups, clock, env: Arc::new(CorePolicyEnv { reputation }) }
+    }
+
+    pub fn env(&self) -> &dyn PolicyEnv {
+        self.env.as_ref()
+    }
+
+    /// The policy view of a request by `user` (or an anonymous one).
+    pub async fn request(
+        &self,
+        user: Option<&User>,
+        facts: RequestFacts,
+        context: Map<String, Value>,
+    ) -> Result<PolicyRequest> {
+        let user = match user {
+            Some(u) => Some(PolicyUser::load(&self.groups, u).await?),
+            None => None,
+        };
+        let mut req = PolicyRequest::new(user, self.clock.now());
+        req.request = facts;
+        req.context = context;
+        Ok(req)
+    }
+
+    pub async fn check(&self, target: BindingTarget, mode: EngineMode, req: &PolicyRequest) -> Result<Decision> {
+        self.policies.check(target, mode, req, self.env.as_ref()).await
+    }
+
+    /// May `user` use `app`? An application without bindings is open to every logged-in user.
+    pub async fn application(&self, app: &Application, user: &User, facts: RequestFacts) -> Result<Decision> {
+        if !user.is_active {
+            return Ok(Decision { passing: false, messages: vec!["This account is disabled.".into()] });
+        }
+        let mut context = Map::new();
+        context.insert("application".into(), json!(app.slug));
+        let req = self.request(Some(user), facts, context).await?;
+        let mode = EngineMode::parse(&app.policy_engine_mode).unwrap_or_default();
+        self.check(BindingTarget::Application(app.id), mode, &req).await
+    }
+}
