@@ -2,8 +2,8 @@
 //! over HTTP and through its command line.
 
 mod common;
+pub use common::*;
 
-use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ on_both_backends!(
     acknowledged_writes_survive_kill_9,
     cli_directory_tokens_and_backup,
     health_metrics_and_security_headers,
+    blueprint_design_example_applies_once,
+    invalid_blueprint_changes_nothing,
+    serve_applies_the_blueprint_directory,
 );
 
 fn executor(base: &str, slug: &str) -> String {
@@ -599,3 +602,189 @@ async fn postgres_lost_while_running_recovers() {
     assert!(!server.log_text().contains("panicked"));
     server.stop();
 }
+
+// ---- blueprints
+
+/// DESIGN.md's example, plus the `ldap-search` group it refers to and a user imported with a hash.
+fn design_blueprint(bob_hash: &str) -> String {
+    format!(
+        r#"groups:
+  - name: family
+    parent: null
+  - name: ldap-search
+users:
+  - username: alice
+    name: Alice Example
+    email: alice@example.test
+    password: "plain text, hashed on apply"
+    groups: [family]
+  - username: bob
+    password_hash: "{bob_hash}"
+providers:
+  - name: Home forward auth
+    type: proxy
+    mode: forward_domain
+    external_host: https://auth.example.test
+    cookie_domain: example.test
+    authorization_flow: default-provider-authorization-implicit-consent
+  - name: Grafana
+    type: oauth2
+    client_type: confidential
+    client_id: grafana
+    client_secret: "grafana-secret"
+    redirect_uris: [https://grafana.example.test/login/generic_oauth]
+    authorization_flow: default-provider-authorization-explicit-consent
+  - name: Directory
+    type: ldap
+    base_dn: dc=example,dc=test
+    bind_flow: default-authentication-flow
+    search_group: ldap-search
+applications:
+  - name: Home
+    slug: home
+    provider: Home forward auth
+    launch_url: blank://blank
+    allowed_groups: [family]
+  - name: Grafana
+    slug: grafana
+    provider: Grafana
+    launch_url: https://grafana.example.test/
+outposts:
+  - name: embedded
+    providers: [Home forward auth, Directory]
+"#
+    )
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> String {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+async fn blueprint_design_example_applies_once(env: Env) {
+    let bob_hash = bcrypt::hash("bobs-old-password", 4).unwrap();
+    let file = write_file(&env.dir.path().join("home.yaml"), &design_blueprint(&bob_hash));
+    let first = env.cli_ok(&["blueprint", "apply", &file], "");
+    // 2 groups, 2 users, 3 providers, 2 applications, 1 outpost.
+    assert!(first.contains("10 created, 0 updated, 0 unchanged"), "{first}");
+    let again = env.cli_ok(&["blueprint", "apply", &file], "");
+    assert!(again.contains("0 created, 0 updated, 10 unchanged"), "{again}");
+
+    let alice = env.cli_ok(&["user", "show", "alice"], "");
+    assert!(alice.contains("Alice Example") && alice.contains("alice@example.test"), "{alice}");
+    assert!(alice.contains("groups:       family"), "{alice}");
+    let groups = env.cli_ok(&["group", "list"], "");
+    assert!(groups.contains("family") && groups.contains("ldap-search"), "{groups}");
+
+    // The plain-text password and the imported bcrypt hash both log in.
+    let server = env.start().await;
+    let ok = json_login(&client(), &server.base, "alice", "plain text, hashed on apply").await;
+    assert_eq!(ok["component"], "redirect", "{ok}");
+    let ok = json_login(&client(), &server.base, "bob", "bobs-old-password").await;
+    assert_eq!(ok["component"], "redirect", "{ok}");
+    server.stop();
+    // Bob's hash was upgraded at login; applying again must not put the old one back.
+    let again = env.cli_ok(&["blueprint", "apply", &file], "");
+    assert!(again.contains("0 created, 0 updated, 10 unchanged"), "{again}");
+
+    // A changed entry is an update, matched by name: nothing is duplicated.
+    let changed = design_blueprint(&bob_hash).replace("Alice Example", "Alice Changed");
+    let file = write_file(&env.dir.path().join("home.yaml"), &changed);
+    let out = env.cli_ok(&["blueprint", "apply", &file], "");
+    assert!(out.contains("0 created, 1 updated, 9 unchanged"), "{out}");
+    assert!(env.cli_ok(&["user", "show", "alice"], "").contains("Alice Changed"));
+    assert_eq!(env.cli_ok(&["user", "list", "--search", "alice"], "").lines().count(), 2);
+}
+
+/// Applies `yaml` as `bad.yaml`; it must fail with one line naming the file and `expected`.
+fn refused(env: &Env, yaml: &str, expected: &[&str]) {
+    let file = write_file(&env.dir.path().join("bad.yaml"), yaml);
+    let out = env.cli(&["blueprint", "apply", &file], "");
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "accepted:\n{yaml}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("blueprint bad.yaml: "), "{err}");
+    for e in expected {
+        assert!(err.contains(e), "{err} should mention {e}");
+    }
+}
+
+async fn invalid_blueprint_changes_nothing(env: Env) {
+    // A valid new group and an invalid user: the group must not be created either.
+    refused(
+        &env,
+        "groups:\n  - name: newgroup\nusers:\n  - username: carol\n    groups: [newgroup, nosuchgroup]\n",
+        &["users[0] (carol).groups[1]", "group 'nosuchgroup' does not exist"],
+    );
+    refused(&env, "groups:\n  - name: newgroup\n    colour: blue\n", &["groups[0] (newgroup)", "colour"]);
+    refused(&env, "users:\n  - username: carol\n    is_active: maybe\n", &["users[0] (carol).is_active"]);
+    refused(&env, "gruops: []\n", &["gruops"]);
+    refused(
+        &env,
+        "providers:\n  - name: Grafana\n    type: oauth2\n    client_id: g\n    client_secret: s\n    redirect_uris: ['not a url']\n",
+        &["providers[0] (Grafana).redirect_uris[0]: 'not a url' is not an absolute URL"],
+    );
+    refused(
+        &env,
+        "providers:\n  - name: P\n    type: proxy\n    external_host: https://a.example.test\n    client_id: x\n",
+        &["providers[0] (P).client_id", "not a field of a proxy provider"],
+    );
+    refused(
+        &env,
+        "applications:\n  - name: App\n    slug: app\n    provider: Nowhere\n",
+        &["applications[0] (App).provider", "provider 'Nowhere' does not exist"],
+    );
+    refused(&env, "stages:\n  - name: s\n    kind: no_such_kind\n", &["stages[0] (s).kind", "unknown stage kind"]);
+    refused(
+        &env,
+        "groups:\n  - name: a\n    parent: b\n  - name: b\n    parent: a\n",
+        &["groups[0] (a).parent", "nested inside itself"],
+    );
+    let groups = env.cli_ok(&["group", "list"], "");
+    assert!(!groups.contains("newgroup"), "{groups}");
+    assert!(!env.cli_ok(&["user", "list"], "").contains("carol"));
+}
+
+async fn serve_applies_the_blueprint_directory(env: Env) {
+    let dir = env.data_dir().join("blueprints");
+    write_file(
+        &dir.join("10-people.yaml"),
+        "groups:\n  - name: family\nusers:\n  - username: dave\n    password: dave-password-1\n    groups: [family]\n",
+    );
+    let server = env.start().await;
+    let ok = json_login(&client(), &server.base, "dave", "dave-password-1").await;
+    assert_eq!(ok["component"], "redirect", "{ok}");
+    server.stop();
+    assert!(env.cli_ok(&["user", "show", "dave"], "").contains("family"));
+
+    // An invalid file stops start-up with its error, before anything listens.
+    write_file(&dir.join("20-broken.yaml"), "users:\n  - username: erin\n    groups: [nope]\n");
+    let mut child = env
+        .command(&["serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started despite an invalid blueprint");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("blueprint 20-broken.yaml: users[0] (erin).groups[0]"), "{err}");
+    assert!(!env.cli_ok(&["user", "list"], "").contains("erin"));
+}
+
+#[path = "suite/policies.rs"]
+mod policies;
