@@ -1005,9 +1005,11 @@ fn validate_providers(bp: &Blueprint, known: &Known, errs: &Errs) -> Result<()> 
                         return Err(errs.at(&at("bind_flow"), format!("flow '{flow}' does not exist")));
                     }
                 }
+                // The search group may be created later (DESIGN.md's own example names one it
+                // never declares): it is kept by name and resolved when LDAP searches are checked.
                 if let Some(group) = &p.search_group {
                     if !known.group_exists(group) {
-                        return Err(errs.at(&at("search_group"), format!("group '{group}' does not exist")));
+                        tracing::warn!(group = %group, "LDAP search group does not exist yet; nobody can search the whole tree until it does");
                     }
                 }
             }
@@ -1626,7 +1628,10 @@ impl Writer<'_> {
                     put("bind_flow_id", json!(flow.id));
                 }
                 if let Some(g) = &p.search_group {
-                    put("search_group_id", json!(self.group_id(g)?));
+                    put("search_group", json!(g));
+                    if let Ok(id) = self.group_id(g) {
+                        put("search_group_id", json!(id));
+                    }
                 }
                 if let Some(v) = p.mfa_support {
                     put("mfa_support", json!(v));

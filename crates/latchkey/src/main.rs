@@ -19,6 +19,12 @@ use cli::{Cli, Command, ConfigCommand};
 const CLI_DATABASE_PATIENCE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
+    // `latchkey user list | head` must end quietly like any Unix tool, not panic on EPIPE.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,

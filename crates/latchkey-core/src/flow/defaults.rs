@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::directory::ADMINS_GROUP;
 use crate::error::{CoreError, Result};
-use crate::model::{Flow, FlowDesignation, FlowStageBinding, NewGroup, Policy, Stage};
+use crate::model::{Flow, FlowDesignation, FlowStageBinding, NewGroup, Outpost, Policy, Stage};
 use crate::store::Store;
 
 struct DefaultFlow {
@@ -113,6 +113,9 @@ fn default_flows() -> Vec<DefaultFlow> {
     ]
 }
 
+/// The outpost that runs inside this process and serves forward auth and LDAP.
+pub const EMBEDDED_OUTPOST: &str = "embedded";
+
 /// The password rules new passwords are checked against by default.
 pub const DEFAULT_PASSWORD_POLICY: &str = "default-password-policy";
 
@@ -145,6 +148,19 @@ pub async fn ensure_defaults(store: &dyn Store) -> Result<()> {
                 kind: "password".into(),
                 config: json!({ "length_min": 8, "zxcvbn_score_threshold": 2 }),
                 execution_logging: false,
+                created_at: Utc::now(),
+            })
+            .await
+            .map_err(e)?;
+    }
+    if store.get_outpost_by_name(EMBEDDED_OUTPOST).await.map_err(e)?.is_none() {
+        store
+            .upsert_outpost(&Outpost {
+                id: Uuid::now_v7(),
+                name: EMBEDDED_OUTPOST.into(),
+                kind: "proxy".into(),
+                provider_ids: Vec::new(),
+                config: json!({ "embedded": true }),
                 created_at: Utc::now(),
             })
             .await
