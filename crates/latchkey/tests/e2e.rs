@@ -668,8 +668,8 @@ async fn blueprint_design_example_applies_once(env: Env) {
     let bob_hash = bcrypt::hash("bobs-old-password", 4).unwrap();
     let file = write_file(&env.dir.path().join("home.yaml"), &design_blueprint(&bob_hash));
     let first = env.cli_ok(&["blueprint", "apply", &file], "");
-    // 2 groups, 2 users, 3 providers, 2 applications, 1 outpost.
-    assert!(first.contains("10 created, 0 updated, 0 unchanged"), "{first}");
+    // 2 groups, 2 users, 3 providers, 2 applications; the default embedded outpost gets its providers.
+    assert!(first.contains("9 created, 1 updated, 0 unchanged"), "{first}");
     let again = env.cli_ok(&["blueprint", "apply", &file], "");
     assert!(again.contains("0 created, 0 updated, 10 unchanged"), "{again}");
 
