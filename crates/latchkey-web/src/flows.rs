@@ -78,19 +78,27 @@ fn json_response(caller: &Caller, jar: CookieJar, response: FlowResponse) -> Res
     with_retry_after((status, jar, Json(response.challenge)).into_response(), retry)
 }
 
+/// The flow's current challenge for this browser (starting the flow if needed), with the
+/// flow cookie and the jar that carries it.
+async fn current_challenge(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+    query: BTreeMap<String, String>,
+) -> WebResult<(String, CookieJar, FlowResponse)> {
+    validate_slug(slug)?;
+    let (flow_cookie, jar) = caller.flow_cookie();
+    let response = state.core.flows.get(&Caller::flow_key(&flow_cookie), slug, query, &caller.request_info()).await?;
+    Ok((flow_cookie, jar, response))
+}
+
 pub async fn executor_get(
     State(state): State<AppState>,
     caller: Caller,
     Path(slug): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
-    validate_slug(&slug)?;
-    let (flow_cookie, jar) = caller.flow_cookie();
-    let response = state
-        .core
-        .flows
-        .get(&Caller::flow_key(&flow_cookie), &slug, executor_query(raw), &caller.request_info())
-        .await?;
+    let (_, jar, response) = current_challenge(&state, &caller, &slug, executor_query(raw)).await?;
     Ok(json_response(&caller, jar, response))
 }
 
@@ -176,13 +184,7 @@ pub async fn page_get(
     Path(slug): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
-    validate_slug(&slug)?;
-    let (flow_cookie, jar) = caller.flow_cookie();
-    let response = state
-        .core
-        .flows
-        .get(&Caller::flow_key(&flow_cookie), &slug, parse_query(raw.as_deref()), &caller.request_info())
-        .await?;
+    let (flow_cookie, jar, response) = current_challenge(&state, &caller, &slug, parse_query(raw.as_deref())).await?;
     html_response(&state, &caller, jar, &flow_cookie, &page_action(&slug, &raw), response, None)
 }
 
