@@ -10,12 +10,15 @@ pub mod events;
 pub mod flow;
 pub mod groups;
 pub mod keys;
+pub mod mail;
 pub mod model;
 pub mod password;
 pub mod policy;
+pub mod proxy;
 pub mod redirect;
 pub mod reputation;
 pub mod sessions;
+pub mod signing;
 pub mod store;
 pub mod throttle;
 pub mod tokens;
@@ -32,6 +35,7 @@ use events::Events;
 use flow::{FlowEngine, FlowServices};
 use groups::GroupIndex;
 use keys::Keys;
+use mail::Mailer;
 use model::Change;
 use password::{Argon2Settings, PasswordHasher};
 use policy::Policies;
@@ -71,7 +75,13 @@ pub struct Core {
     pub events: Events,
     pub tokens: Tokens,
     pub access: Access,
+    /// The mail outbox.
+    pub mailer: Mailer,
     pub flows: FlowEngine,
+    /// Forward auth: proxy providers and their decisions.
+    pub proxy: proxy::Proxy,
+    /// The token signing key (forward-auth JWTs, OIDC).
+    pub signing: signing::Signing,
 }
 
 impl Core {
@@ -99,6 +109,16 @@ impl Core {
         let reputation = ReputationBook::new(Arc::clone(&store), Arc::clone(&clock));
         let access =
             Access::new(Policies::new(Arc::clone(&store)), groups.clone(), Arc::clone(&clock), reputation.clone());
+        let proxy = proxy::Proxy::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            access.clone(),
+            sessions.clone(),
+            keys.flow_state.clone(),
+            keys.encryption.clone(),
+        );
+        let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone());
+        let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
         let flows = FlowEngine::new(FlowServices {
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
@@ -109,8 +129,23 @@ impl Core {
             throttle: Throttle::new(Arc::clone(&store), Arc::clone(&clock), ThrottleLimits::default()),
             reputation,
             access: access.clone(),
+            mailer: mailer.clone(),
         });
-        Ok(Arc::new(Core { store, clock, keys, groups, directory, sessions, events, tokens, access, flows }))
+        Ok(Arc::new(Core {
+            store,
+            clock,
+            keys,
+            groups,
+            directory,
+            sessions,
+            events,
+            tokens,
+            access,
+            mailer,
+            flows,
+            proxy,
+            signing,
+        }))
     }
 
     /// Creates the default group and flows where missing.
@@ -142,10 +177,12 @@ impl Core {
                                 core.access.policies.invalidate();
                             }
                             core.sessions.apply_change(&change);
+                            core.proxy.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             core.access.policies.invalidate();
                             core.sessions.clear();
+                            core.proxy.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

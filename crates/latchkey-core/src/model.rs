@@ -118,6 +118,8 @@ pub enum TokenKind {
     Setup,
     /// One-time login link for a user (lost-admin recovery).
     Recovery,
+    /// A link mailed by a flow's email stage; continues that flow (`description` names it).
+    FlowLink,
 }
 
 impl TokenKind {
@@ -126,6 +128,7 @@ impl TokenKind {
             TokenKind::Api => "api",
             TokenKind::Setup => "setup",
             TokenKind::Recovery => "recovery",
+            TokenKind::FlowLink => "flow_link",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -133,6 +136,7 @@ impl TokenKind {
             "api" => Some(TokenKind::Api),
             "setup" => Some(TokenKind::Setup),
             "recovery" => Some(TokenKind::Recovery),
+            "flow_link" => Some(TokenKind::FlowLink),
             _ => None,
         }
     }
@@ -473,4 +477,48 @@ pub struct Reputation {
     pub key: String,
     pub score: i64,
     pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailStatus {
+    /// Waiting for its (next) attempt.
+    Queued,
+    Sent,
+    /// Given up after a day of retries.
+    Failed,
+}
+
+impl MailStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailStatus::Queued => "queued",
+            MailStatus::Sent => "sent",
+            MailStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(MailStatus::Queued),
+            "sent" => Some(MailStatus::Sent),
+            "failed" => Some(MailStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A message in the persistent outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mail {
+    pub id: Uuid,
+    pub to: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: Option<String>,
+    pub status: MailStatus,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
 }

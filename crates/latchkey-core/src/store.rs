@@ -109,6 +109,8 @@ pub trait TokenStore: Send + Sync {
     /// Atomic: of two concurrent calls exactly one wins.
     async fn consume_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
     async fn list_tokens(&self, user_id: Option<Uuid>) -> StoreResult<Vec<Token>>;
+    /// How many tokens of `kind` were issued to the user since `since` (rate limits on mailed links).
+    async fn count_tokens_since(&self, user_id: Uuid, kind: TokenKind, since: DateTime<Utc>) -> StoreResult<u64>;
     async fn delete_token(&self, id: Uuid) -> StoreResult<()>;
 }
 
@@ -202,6 +204,22 @@ pub trait ThrottleStore: Send + Sync {
     async fn get_reputation(&self, key: &str) -> StoreResult<Option<Reputation>>;
 }
 
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    async fn queue_mail(&self, mail: &Mail) -> StoreResult<()>;
+    /// Creates the token and queues the mail carrying it in one transaction: neither exists
+    /// without the other.
+    async fn create_token_with_mail(&self, token: &Token, mail: &Mail) -> StoreResult<()>;
+    /// Takes up to `limit` queued mails due at `now` and hides them from other workers until
+    /// `lease_until` (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so each is sent once).
+    async fn claim_mails(&self, now: DateTime<Utc>, lease_until: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Mail>>;
+    async fn mail_sent(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Records a failed attempt; `retry_at: None` gives up (status failed).
+    async fn mail_failed(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>) -> StoreResult<()>;
+    /// Newest first.
+    async fn list_mails(&self, limit: u32) -> StoreResult<Vec<Mail>>;
+}
+
 /// The whole store, as services receive it (`Arc<dyn Store>`).
 #[async_trait]
 pub trait Store:
@@ -216,6 +234,7 @@ pub trait Store:
     + ApplicationStore
     + ConsentStore
     + ThrottleStore
+    + MailStore
     + Send
     + Sync
     + 'static

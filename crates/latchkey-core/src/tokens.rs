@@ -38,7 +38,7 @@ impl Tokens {
         let prefix = match kind {
             TokenKind::Api => "lk_api_",
             TokenKind::Setup => "",
-            TokenKind::Recovery => "",
+            TokenKind::Recovery | TokenKind::FlowLink => "",
         };
         let secret = format!("{prefix}{}", random_secret(32));
         let now = self.clock.now();

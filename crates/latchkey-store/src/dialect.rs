@@ -12,11 +12,13 @@ pub(crate) struct Migration {
 const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/sqlite/0001_init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/sqlite/0002_policies.sql") },
+    Migration { version: 3, sql: include_str!("../migrations/sqlite/0003_outbox.sql") },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/postgres/0001_init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/postgres/0002_policies.sql") },
+    Migration { version: 3, sql: include_str!("../migrations/postgres/0003_outbox.sql") },
 ];
 
 /// Applied to every pooled SQLite connection. `busy_timeout` first, so the one-time switch to WAL
@@ -85,6 +87,15 @@ impl Engine {
 
     /// Starts a read-only transaction whose reads all see one snapshot (for backups). In WAL mode a
     /// plain SQLite transaction already reads from one snapshot, taken at its first read.
+    /// Row locking for claiming outbox mails: PostgreSQL skips rows another worker holds, so
+    /// several instances never take the same mail; SQLite's write lock already serialises.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "",
+            Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
     pub fn begin_snapshot(self) -> &'static str {
         match self {
             Engine::Sqlite => "BEGIN",

@@ -121,6 +121,18 @@ impl TokenStore for SqlStore {
         rows.iter().map(token_from_row).collect()
     }
 
+    async fn count_tokens_since(&self, user_id: Uuid, kind: TokenKind, since: DateTime<Utc>) -> StoreResult<u64> {
+        let n = sqlx::query("SELECT COUNT(*) AS n FROM tokens WHERE user_id = $1 AND kind = $2 AND created_at >= $3")
+            .bind(user_id.to_string())
+            .bind(kind.as_str())
+            .bind(ms(since))
+            .fetch_one(self.pool())
+            .await
+            .map_err(db_err)?
+            .int("n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn delete_token(&self, id: Uuid) -> StoreResult<()> {
         sqlx::query("DELETE FROM tokens WHERE id = $1")
             .bind(id.to_string())

@@ -6,6 +6,7 @@ pub mod flows;
 pub mod health;
 pub mod meta;
 pub mod metrics;
+pub mod outpost;
 pub mod recovery;
 pub mod request;
 pub mod state;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .merge(flow_routes())
         .merge(portal_routes())
         .merge(health_routes())
+        .merge(outpost::routes())
         .route("/static/style.css", get(stylesheet))
         .fallback(flows::fallback)
         .layer(axum::middleware::from_fn(metrics::middleware))

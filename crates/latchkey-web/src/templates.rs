@@ -17,6 +17,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("stages/prompt.html", include_str!("../templates/stages/prompt.html")),
     ("stages/access_denied.html", include_str!("../templates/stages/access_denied.html")),
     ("stages/consent.html", include_str!("../templates/stages/consent.html")),
+    ("stages/email.html", include_str!("../templates/stages/email.html")),
+    ("email/recovery.txt", include_str!("../templates/email/recovery.txt")),
+    ("email/recovery.html", include_str!("../templates/email/recovery.html")),
+    ("email/test.txt", include_str!("../templates/email/test.txt")),
     ("stages/generic.html", include_str!("../templates/stages/generic.html")),
 ];
 
@@ -70,6 +74,31 @@ impl Templates {
         } else {
             "stages/generic.html".into()
         }
+    }
+}
+
+impl latchkey_core::mail::MailTemplates for Templates {
+    /// `email/<name>.txt` (required) and `email/<name>.html` (optional), overridable like pages.
+    fn render_mail(
+        &self,
+        name: &str,
+        subject: &str,
+        ctx: &serde_json::Value,
+    ) -> latchkey_core::Result<latchkey_core::mail::Message> {
+        let ctx = minijinja::Value::from_serialize(ctx);
+        let text = self
+            .render(&format!("email/{name}.txt"), ctx.clone())
+            .map_err(|e| latchkey_core::CoreError::Internal(format!("mail template email/{name}.txt: {e:#}")))?;
+        let html_name = format!("email/{name}.html");
+        let html = if self.has(&html_name) {
+            Some(
+                self.render(&html_name, ctx)
+                    .map_err(|e| latchkey_core::CoreError::Internal(format!("mail template {html_name}: {e:#}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(latchkey_core::mail::Message { subject: subject.to_string(), text, html })
     }
 }
 

@@ -121,6 +121,9 @@ impl App {
         let core = Core::new(store.clone(), Arc::new(SystemClock), &secret, core_config(&config))
             .map_err(|e| anyhow!("{e}"))?;
         core.bootstrap().await.map_err(|e| anyhow!("cannot create the default objects: {e}"))?;
+        // Mails render from the same overridable templates as pages.
+        core.mailer
+            .set_templates(Arc::new(latchkey_web::templates::Templates::new(Some(config.data_dir.join("templates")))));
         Ok(App { config, store, core })
     }
 

@@ -61,6 +61,9 @@ pub enum Command {
     /// Consent users gave to applications.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Mail: send a test message, see the outbox.
+    #[command(subcommand)]
+    Email(EmailCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +198,17 @@ pub enum ConsentCommand {
 pub enum BlueprintCommand {
     /// Create or update what a blueprint file declares; an invalid file changes nothing.
     Apply { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmailCommand {
+    /// Send a test message now with the configured SMTP settings (not through the outbox).
+    Test { address: String },
+    /// The newest mails of the outbox with their status and last error.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

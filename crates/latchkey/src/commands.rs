@@ -316,6 +316,38 @@ pub async fn consent(app: &App, command: ConsentCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn email(app: &App, command: EmailCommand) -> anyhow::Result<()> {
+    match command {
+        EmailCommand::Test { address } => {
+            let sender = crate::mailer::Sender::new(&app.config.email)?;
+            let message =
+                app.core.mailer.render("test", "Latchkey test message", &serde_json::json!({})).map_err(core_err)?;
+            let mail = app.core.mailer.compose(&address, message);
+            sender.send(&mail).await?;
+            match &app.config.email.host {
+                Some(host) => println!("sent a test message to {address} through {host}:{}", app.config.email.port),
+                None => println!("no email.host configured: the test message to {address} was logged, not sent"),
+            }
+        }
+        EmailCommand::List { limit } => {
+            let mails = app.core.store.list_mails(limit).await.map_err(|e| core_err(CoreError::from_store(e)))?;
+            println!("{:<17} {:<8} {:<8} {:<32} {:<32} LAST ERROR", "CREATED", "STATUS", "ATTEMPTS", "TO", "SUBJECT");
+            for m in mails {
+                println!(
+                    "{:<17} {:<8} {:<8} {:<32} {:<32} {}",
+                    m.created_at.format("%Y-%m-%d %H:%M"),
+                    m.status.as_str(),
+                    m.attempts,
+                    m.to,
+                    m.subject,
+                    m.last_error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn backup(app: &App, file: &std::path::Path) -> anyhow::Result<()> {
     // Write next to the target and rename, so a failed backup never leaves a truncated file behind.
     let tmp = file.with_extension("partial");

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod listen;
 mod logging;
+mod mailer;
 mod serve;
 mod tls;
 
@@ -113,6 +114,7 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
                 Command::Throttle(c) => commands::throttle(&app, c).await,
                 Command::Policy(c) => commands::policy(&app, c).await,
                 Command::Consent(c) => commands::consent(&app, c).await,
+                Command::Email(c) => commands::email(&app, c).await,
                 Command::Serve
                 | Command::Config(_)
                 | Command::Healthcheck

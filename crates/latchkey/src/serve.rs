@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::{listen, tls};
+use crate::{listen, mailer, tls};
 
 /// How long `serve` waits for an unreachable database at start.
 const DATABASE_PATIENCE: Duration = Duration::from_secs(60);
@@ -45,16 +45,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = listen::bind(config.listen.http, "HTTP").await?;
     let https = listen::bind(config.listen.https, "HTTPS").await?;
     let metrics = listen::bind(config.listen.metrics, "metrics").await?;
+    let ldap = listen::bind(config.listen.ldap, "LDAP").await?;
+    let ldaps = listen::bind(config.listen.ldaps, "LDAPS").await?;
 
     let app = App::open(config, DATABASE_PATIENCE).await?;
     crate::commands::apply_blueprint_dir(&app).await?;
     let config = &app.config;
     let hostnames: Vec<String> = config.external_url.iter().filter_map(|u| u.host_str().map(String::from)).collect();
     let tls_config = tls::load_or_generate(&config.data_dir.join("certs"), &hostnames)?;
+    let ldap_tls = tls_config.clone();
     let prometheus =
         PrometheusBuilder::new().install_recorder().map_err(|e| anyhow!("cannot start the metrics recorder: {e}"))?;
 
+    let sender = mailer::Sender::new(&config.email)?;
     let _background = app.core.spawn_background();
+    let _outbox = mailer::spawn(app.core.clone(), sender);
     let state = AppState::new(
         app.core.clone(),
         WebConfig {
@@ -83,10 +88,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         }
     });
+    let ldap_servers = tokio::spawn({
+        let service = latchkey_ldap::LdapService::new(app.core.clone());
+        let (a, b) = (stopped(), stopped());
+        async move {
+            tokio::join!(
+                latchkey_ldap::serve_ldap(ldap, service.clone(), Some(ldap_tls.clone()), a),
+                latchkey_ldap::serve_ldaps(ldaps, ldap_tls, service, b),
+            )
+        }
+    });
     tracing::info!(
         http = %config.listen.http,
         https = %config.listen.https,
         metrics = %config.listen.metrics,
+        ldap = %config.listen.ldap,
+        ldaps = %config.listen.ldaps,
         store = app.core.store.engine(),
         ready_in_ms = started.elapsed().as_millis() as u64,
         "Latchkey is ready"
@@ -99,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = servers.await;
+    let _ = ldap_servers.await;
     app.store.close().await;
     Ok(())
 }

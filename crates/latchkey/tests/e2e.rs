@@ -788,3 +788,11 @@ async fn serve_applies_the_blueprint_directory(env: Env) {
 
 #[path = "suite/policies.rs"]
 mod policies;
+
+#[path = "suite/forward_auth.rs"]
+mod forward_auth;
+#[path = "suite/ldap.rs"]
+mod ldap;
+
+#[path = "suite/recovery.rs"]
+mod recovery;

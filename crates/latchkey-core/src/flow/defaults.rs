@@ -43,7 +43,7 @@ fn default_flows() -> Vec<DefaultFlow> {
                 (
                     "default-authentication-identification",
                     "identification",
-                    json!({ "user_fields": ["username", "email"], "password_fields": true }),
+                    json!({ "user_fields": ["username", "email"], "password_fields": true, "recovery_flow": "default-recovery-flow" }),
                 ),
                 ("default-authentication-login", "user_login", json!({})),
             ],
@@ -100,6 +100,35 @@ fn default_flows() -> Vec<DefaultFlow> {
                     ], "validation_policies": [DEFAULT_PASSWORD_POLICY], "primary_action": "Change password" }),
                 ),
                 ("default-password-change-write", "user_write", json!({ "user_creation_mode": "never_create" })),
+            ],
+        },
+        DefaultFlow {
+            slug: "default-recovery-flow",
+            name: "Password recovery",
+            title: "Reset your password",
+            designation: FlowDesignation::Recovery,
+            settings: json!({ "authentication": "none" }),
+            stages: vec![
+                (
+                    "default-recovery-identification",
+                    "identification",
+                    json!({ "user_fields": ["username", "email"], "password_fields": false, "primary_action": "Send link" }),
+                ),
+                (
+                    "default-recovery-email",
+                    "email",
+                    json!({ "template": "recovery", "subject": "Reset your password", "token_expiry_minutes": 30, "max_per_hour": 3 }),
+                ),
+                (
+                    "default-recovery-new-password",
+                    "prompt",
+                    json!({ "fields": [
+                        { "name": "password", "label": "New password", "type": "password", "required": true },
+                        { "name": "password_repeat", "label": "New password (repeat)", "type": "password", "required": true },
+                    ], "validation_policies": [DEFAULT_PASSWORD_POLICY], "primary_action": "Set password" }),
+                ),
+                ("default-recovery-write", "user_write", json!({ "user_creation_mode": "never_create" })),
+                ("default-recovery-login", "user_login", json!({})),
             ],
         },
         DefaultFlow {

@@ -7,6 +7,7 @@
 
 pub mod consent;
 pub mod defaults;
+pub mod email;
 pub mod prompt;
 pub mod stages;
 
@@ -23,7 +24,7 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::{CoreError, FieldErrors, Result};
 use crate::events::{ClientInfo, Events};
-use crate::model::{BindingSubject, BindingTarget, PolicyBinding};
+use crate::model::{BindingSubject, BindingTarget, PolicyBinding, TokenKind};
 use crate::model::{Flow, FlowDesignation, FlowStateRecord};
 use crate::policy::{evaluate, EngineMode, RequestFacts, ResolvedBinding};
 use crate::redirect::safe_next;
@@ -191,6 +192,7 @@ pub struct FlowServices {
     pub throttle: Throttle,
     pub reputation: ReputationBook,
     pub access: Access,
+    pub mailer: crate::mail::Mailer,
 }
 
 /// Everything a stage sees while it runs.
@@ -414,6 +416,19 @@ impl FlowEngine {
                 }
             }
         }
+        let resume = match state.query.get(email::LINK_PARAM) {
+            Some(secret) => match self.services.tokens.find(TokenKind::FlowLink, secret).await? {
+                Some(token) if token.description == flow.slug && token.user_id.is_some() => Some(token),
+                _ => {
+                    let message = format!(
+                        "This link is invalid, expired or already used. Start again at /if/flow/{}/.",
+                        flow.slug
+                    );
+                    return Ok(Planned::Denied(denied(flow, &message)));
+                }
+            },
+            None => None,
+        };
         for (binding, stage) in self.services.store.flow_bindings(flow.id).await.map_err(store_err)? {
             let on_plan = binding.settings.get("evaluate_on_plan").and_then(Value::as_bool).unwrap_or(true);
             if on_plan {
@@ -431,6 +446,18 @@ impl FlowEngine {
                 re_evaluate: binding.settings.get("re_evaluate_policies").and_then(Value::as_bool).unwrap_or(false),
                 binding_settings: binding.settings,
             });
+        }
+        if let Some(token) = resume {
+            // Opened from the mailed link: continue after the email stage, as its user.
+            if let Some(user) =
+                self.services.store.get_user(token.user_id.unwrap_or_default()).await.map_err(store_err)?
+            {
+                state.pending_login = Some(user.username.clone());
+                state.pending_user = Some(user.id);
+            }
+            state.data.insert(email::LINK_USED.into(), json!(true));
+            state.data.insert(email::CONSUME_TOKEN.into(), json!(token.id));
+            state.index = state.plan.iter().position(|p| p.kind == "email").map_or(0, |i| i + 1);
         }
         Ok(Planned::Ready(Box::new(state)))
     }
@@ -555,6 +582,15 @@ impl FlowEngine {
         loop {
             let Some(planned) = state.plan.get(state.index).cloned() else {
                 self.services.store.delete_flow_state(key).await.map_err(store_err)?;
+                if let Some(id) =
+                    state.data.get(email::CONSUME_TOKEN).and_then(|v| serde_json::from_value::<Uuid>(v.clone()).ok())
+                {
+                    // Used up only now that the flow completed: a prefetched link stays good.
+                    if !self.services.store.consume_token(id, self.services.clock.now()).await.map_err(store_err)? {
+                        let challenge = with_flow_info(Challenge::access_denied("This link was already used."), &state);
+                        return Ok(FlowResponse { challenge, effects, malformed: false });
+                    }
+                }
                 let to = state.next.clone().unwrap_or_else(|| default_target(state.designation));
                 return Ok(FlowResponse { challenge: Challenge::redirect(&to), effects, malformed: false });
             };

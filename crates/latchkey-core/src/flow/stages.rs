@@ -23,6 +23,7 @@ pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
         Arc::new(super::prompt::UserWrite),
         Arc::new(super::consent::Consent),
         Arc::new(super::consent::Redirect),
+        Arc::new(super::email::Email),
     ]
 }
 
@@ -121,7 +122,7 @@ impl Identification {
         let mut c = Challenge::new("identification")
             .with("user_fields", string_list(config, "user_fields", &["username", "email"]))
             .with("password_fields", config.get("password_fields").and_then(Value::as_bool).unwrap_or(false))
-            .with("primary_action", "Log in");
+            .with("primary_action", config.get("primary_action").and_then(Value::as_str).unwrap_or("Log in"));
         for (key, field) in [("recovery_flow", "recovery_url"), ("enrollment_flow", "enroll_url")] {
             if let Some(slug) = config.get(key).and_then(Value::as_str) {
                 c = c.with(field, format!("/if/flow/{slug}/"));

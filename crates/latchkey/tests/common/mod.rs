@@ -34,6 +34,8 @@ pub struct Env {
     pub http: u16,
     pub https: u16,
     pub metrics: u16,
+    pub ldap: u16,
+    pub ldaps: u16,
 }
 
 impl Env {
@@ -68,7 +70,17 @@ impl Env {
                 (url.to_string(), Some(name))
             }
         };
-        Some(Env { backend, dir, database_url, pg_db, http: free_port(), https: free_port(), metrics: free_port() })
+        Some(Env {
+            backend,
+            dir,
+            database_url,
+            pg_db,
+            http: free_port(),
+            https: free_port(),
+            metrics: free_port(),
+            ldap: free_port(),
+            ldaps: free_port(),
+        })
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -87,6 +99,8 @@ impl Env {
             ("LATCHKEY_LISTEN__HTTP".into(), format!("127.0.0.1:{}", self.http)),
             ("LATCHKEY_LISTEN__HTTPS".into(), format!("127.0.0.1:{}", self.https)),
             ("LATCHKEY_LISTEN__METRICS".into(), format!("127.0.0.1:{}", self.metrics)),
+            ("LATCHKEY_LISTEN__LDAP".into(), format!("127.0.0.1:{}", self.ldap)),
+            ("LATCHKEY_LISTEN__LDAPS".into(), format!("127.0.0.1:{}", self.ldaps)),
             ("LATCHKEY_LOG__LEVEL".into(), "info".into()),
         ]
     }
@@ -177,8 +191,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start(env: &Env) -> Server {
-        let mut child =
-            env.command(&["serve"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn serve");
+        Server::start_with(env, env.command(&["serve"])).await
+    }
+
+    /// Starts `serve` from a prepared command (extra environment…).
+    pub async fn start_with(env: &Env, mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn serve");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&log);
@@ -320,5 +338,99 @@ impl Forwarder {
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+/// The Python that has the test tools (aiosmtpd…): scripts/test's virtualenv when present.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("LATCHKEY_TEST_PYTHON") {
+        return p;
+    }
+    let venv =
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/latchkey-venv/bin/python");
+    if venv.exists() {
+        venv.display().to_string()
+    } else {
+        "python3".into()
+    }
+}
+
+/// A real SMTP server (aiosmtpd) writing every message it receives into a Maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    pub maildir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SmtpServer {
+    pub async fn start(maildir: &Path) -> SmtpServer {
+        let mut s = SmtpServer { port: free_port(), maildir: maildir.to_path_buf(), child: None };
+        s.resume().await;
+        s
+    }
+
+    pub async fn resume(&mut self) {
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{}", self.port),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&self.maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd (pip install aiosmtpd)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every message received so far, as raw text.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in entries.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(e.path()) {
+                        out.push(text);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until `n` messages arrived.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.messages();
+            if m.len() >= n {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "expected {n} mails, got {}", m.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -1,0 +1,451 @@
+//! Forward auth (proxy providers): which provider and application a request to a protected
+//! host belongs to, whether it may pass, and the signed values that carry a browser through
+//! the login and back. The web layer only translates headers to and from these calls.
+//!
+//! Everything on the per-request path is answered from memory: the provider table is loaded
+//! once and dropped on `Change::Config`; users come from a cache dropped on `Change::User`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use moka::sync::Cache;
+use regex::Regex;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use url::Url;
+use uuid::Uuid;
+
+use crate::access::Access;
+use crate::clock::Clock;
+use crate::error::{CoreError, Result};
+use crate::keys::DerivedKey;
+use crate::model::{Application, Change, User};
+use crate::policy::RequestFacts;
+use crate::sessions::{ActiveSession, Sessions};
+use crate::store::Store;
+
+/// How long a login round trip may take before its state expires.
+const STATE_TTL_SECS: i64 = 15 * 60;
+/// How long the one-time hand-off code from the login host to the app host lives.
+const HANDOFF_TTL_SECS: i64 = 60;
+const HANDOFF_AAD: &[u8] = b"latchkey/v1/proxy-handoff";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// One application on its own host; the cookie is host-only.
+    Single,
+    /// Every host under `cookie_domain`; the cookie is set on that domain.
+    Domain,
+}
+
+/// A proxy provider as the hot path needs it, with the application using it.
+#[derive(Debug)]
+pub struct ProxyProvider {
+    pub id: Uuid,
+    pub name: String,
+    pub mode: ProxyMode,
+    pub external_host: Url,
+    /// Without a leading dot, lower case.
+    pub cookie_domain: Option<String>,
+    pub skip_paths: Vec<Regex>,
+    /// Lifetime of the JWT handed to the application, in seconds.
+    pub token_validity: i64,
+    pub app: Application,
+    pub outpost: String,
+}
+
+impl ProxyProvider {
+    /// Name of the cookie this provider's hosts receive (authentik names its own alike).
+    pub fn cookie_name(&self) -> String {
+        format!("authentik_proxy_{}", &self.id.simple().to_string()[..8])
+    }
+
+    /// Whether `path` is one of the provider's unauthenticated paths.
+    pub fn skips(&self, path: &str) -> bool {
+        self.skip_paths.iter().any(|r| r.is_match(path))
+    }
+
+    fn covers_host(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str().map(str::to_ascii_lowercase) else { return false };
+        match (self.mode, &self.cookie_domain) {
+            (ProxyMode::Domain, Some(domain)) => host == *domain || host.ends_with(&format!(".{domain}")),
+            _ => {
+                Some(host.as_str()) == self.external_host.host_str()
+                    && url.port_or_known_default() == self.external_host.port_or_known_default()
+            }
+        }
+    }
+
+    /// `target` if the browser may be sent there after login: an http(s) URL on a host this
+    /// provider protects (the cookie domain, or the app's own host), without credentials.
+    pub fn safe_target(&self, target: &str) -> Option<Url> {
+        if target.len() > 4096 || target.chars().any(|c| c.is_control()) {
+            return None;
+        }
+        let url = Url::parse(target).ok()?;
+        let ok = matches!(url.scheme(), "http" | "https")
+            && url.username().is_empty()
+            && url.password().is_none()
+            && self.covers_host(&url);
+        ok.then_some(url)
+    }
+
+    /// `rd` when safe, else the external host (the fallback).
+    pub fn target_or_home(&self, rd: Option<&str>) -> Url {
+        rd.and_then(|rd| self.safe_target(rd)).unwrap_or_else(|| self.external_host.clone())
+    }
+}
+
+/// The request a proxy asks about.
+#[derive(Debug, Clone)]
+pub struct ForwardedRequest {
+    /// The original URL (`proto://host/uri`).
+    pub url: Url,
+    pub method: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What the outpost answers.
+pub enum Verdict {
+    /// An unauthenticated path: pass without identity.
+    Anonymous,
+    /// No valid session: send the browser to log in.
+    LoginNeeded,
+    /// Logged in, but the application's policies say no.
+    Denied {
+        session: Arc<ActiveSession>,
+        messages: Vec<String>,
+    },
+    Allowed(Arc<ActiveSession>),
+}
+
+/// The login round trip's state, signed: where to return to, for which provider, until when.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoginState {
+    pub rd: String,
+    pub provider: Uuid,
+    pub exp: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Handoff {
+    /// The sealed session cookie value.
+    s: String,
+    p: Uuid,
+    exp: i64,
+}
+
+struct Table {
+    providers: Vec<Arc<ProxyProvider>>,
+    by_id: HashMap<Uuid, Arc<ProxyProvider>>,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    access: Access,
+    sessions: Sessions,
+    state_key: DerivedKey,
+    encryption: DerivedKey,
+    table: Arc<RwLock<Option<Arc<Table>>>>,
+    generation: Arc<AtomicU64>,
+    users: Cache<Uuid, Arc<User>>,
+    /// Hand-off codes already redeemed (one use each, on this instance).
+    used: Cache<String, ()>,
+}
+
+impl Proxy {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        access: Access,
+        sessions: Sessions,
+        state_key: DerivedKey,
+        encryption: DerivedKey,
+    ) -> Self {
+        Proxy {
+            store,
+            clock,
+            access,
+            sessions,
+            state_key,
+            encryption,
+            table: Arc::new(RwLock::new(None)),
+            generation: Arc::new(AtomicU64::new(0)),
+            users: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .support_invalidation_closures()
+                .build(),
+            used: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(HANDOFF_TTL_SECS as u64 * 2))
+                .build(),
+        }
+    }
+
+    /// Applies a change made by any process to the caches.
+    pub fn apply_change(&self, change: &Change) {
+        match change {
+            Change::Config => self.invalidate(),
+            Change::User(id) => self.users.invalidate(id),
+            Change::Groups | Change::Session(_) => {}
+        }
+    }
+
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut t) = self.table.write() {
+            *t = None;
+        }
+        self.users.invalidate_all();
+    }
+
+    async fn table(&self) -> Result<Arc<Table>> {
+        if let Some(t) = self.table.read().ok().and_then(|t| t.clone()) {
+            return Ok(t);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let table = Arc::new(self.load().await?);
+        if self.generation.load(Ordering::Acquire) == generation {
+            if let Ok(mut t) = self.table.write() {
+                *t = Some(Arc::clone(&table));
+            }
+        }
+        Ok(table)
+    }
+
+    async fn load(&self) -> Result<Table> {
+        let providers = self.store.list_providers().await.map_err(CoreError::from_store)?;
+        let apps = self.store.list_applications().await.map_err(CoreError::from_store)?;
+        let outposts = self.store.list_outposts().await.map_err(CoreError::from_store)?;
+        let mut out = Vec::new();
+        for p in providers.into_iter().filter(|p| p.kind == "proxy") {
+            let Some(app) = apps.iter().find(|a| a.provider_id == Some(p.id)) else { continue };
+            match parse_provider(&p.config, p.id, &p.name, app.clone()) {
+                Ok(mut parsed) => {
+                    if let Some(o) = outposts.iter().find(|o| o.provider_ids.contains(&p.id)) {
+                        parsed.outpost = o.name.clone();
+                    }
+                    out.push(Arc::new(parsed));
+                }
+                Err(e) => tracing::warn!(provider = %p.name, error = %e, "proxy provider skipped"),
+            }
+        }
+        let by_id = out.iter().map(|p| (p.id, Arc::clone(p))).collect();
+        Ok(Table { providers: out, by_id })
+    }
+
+    /// The provider protecting `url`: a single-mode provider of exactly that host first, else
+    /// the domain-mode provider with the longest cookie domain containing the host.
+    pub async fn resolve(&self, url: &Url) -> Result<Option<Arc<ProxyProvider>>> {
+        let table = self.table().await?;
+        let single = table.providers.iter().find(|p| p.mode == ProxyMode::Single && p.covers_host(url));
+        if let Some(p) = single {
+            return Ok(Some(Arc::clone(p)));
+        }
+        Ok(table
+            .providers
+            .iter()
+            .filter(|p| p.mode == ProxyMode::Domain && p.covers_host(url))
+            .max_by_key(|p| p.cookie_domain.as_ref().map_or(0, String::len))
+            .cloned())
+    }
+
+    pub async fn provider(&self, id: Uuid) -> Result<Option<Arc<ProxyProvider>>> {
+        Ok(self.table().await?.by_id.get(&id).cloned())
+    }
+
+    /// Decides a forwarded request. `cookies` are the candidate session cookie values, in order.
+    pub async fn decide(&self, provider: &ProxyProvider, req: &ForwardedRequest, cookies: &[&str]) -> Result<Verdict> {
+        if provider.skips(req.url.path()) {
+            return Ok(Verdict::Anonymous);
+        }
+        let mut session = None;
+        for c in cookies {
+            if let Some(s) = self.sessions.validate(c).await? {
+                session = Some(s);
+                break;
+            }
+        }
+        let Some(session) = session else { return Ok(Verdict::LoginNeeded) };
+        let Some(user) = self.user(session.user.id).await? else { return Ok(Verdict::LoginNeeded) };
+        let facts = RequestFacts {
+            client_ip: req.client_ip.clone(),
+            user_agent: req.user_agent.clone(),
+            host: req.url.host_str().map(String::from),
+            path: Some(req.url.path().to_string()),
+            method: Some(req.method.clone()),
+        };
+        let decision = self.access.application(&provider.app, &user, facts).await?;
+        Ok(if decision.passing {
+            Verdict::Allowed(session)
+        } else {
+            Verdict::Denied { session, messages: decision.messages }
+        })
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<Arc<User>>> {
+        if let Some(u) = self.users.get(&id) {
+            return Ok(Some(u));
+        }
+        let Some(user) = self.store.get_user(id).await.map_err(CoreError::from_store)? else { return Ok(None) };
+        let user = Arc::new(user);
+        self.users.insert(id, Arc::clone(&user));
+        Ok(Some(user))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// A signed state binding the return URL (already checked safe) and the provider.
+    pub fn seal_state(&self, provider: &ProxyProvider, rd: &Url) -> String {
+        let state =
+            LoginState { rd: rd.to_string(), provider: provider.id, exp: self.now().timestamp() + STATE_TTL_SECS };
+        // Serialising a struct of strings and numbers cannot fail.
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&state).unwrap_or_default());
+        self.state_key.seal(&body)
+    }
+
+    /// The state, if its signature holds and it has not expired.
+    pub fn open_state(&self, sealed: &str) -> Option<LoginState> {
+        let body = self.state_key.unseal(sealed)?;
+        let state: LoginState = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
+        (state.exp > self.now().timestamp()).then_some(state)
+    }
+
+    fn cipher(&self) -> Result<LessSafeKey> {
+        let unbound = UnboundKey::new(&AES_256_GCM, self.encryption.bytes())
+            .map_err(|_| CoreError::Internal("bad encryption key".into()))?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    /// A one-time code carrying the session from the login host to the app host. Encrypted,
+    /// not just signed: it stands for the session cookie, which must not appear in clear in URLs.
+    pub fn seal_handoff(&self, provider: &ProxyProvider, session_cookie: &str) -> Result<String> {
+        let h =
+            Handoff { s: session_cookie.to_string(), p: provider.id, exp: self.now().timestamp() + HANDOFF_TTL_SECS };
+        let mut buf = serde_json::to_vec(&h).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| CoreError::Internal("no randomness".into()))?;
+        self.cipher()?
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(HANDOFF_AAD), &mut buf)
+            .map_err(|_| CoreError::Internal("could not seal the hand-off".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// The session cookie value a hand-off code carries, once, for `provider`, before it expires.
+    pub fn open_handoff(&self, provider: &ProxyProvider, code: &str) -> Option<String> {
+        let raw = URL_SAFE_NO_PAD.decode(code).ok()?;
+        if raw.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let mut buf = sealed.to_vec();
+        let plain = self
+            .cipher()
+            .ok()?
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(HANDOFF_AAD), &mut buf)
+            .ok()?;
+        let h: Handoff = serde_json::from_slice(plain).ok()?;
+        if h.p != provider.id || h.exp <= self.now().timestamp() {
+            return None;
+        }
+        let id = crate::keys::hash_secret(code);
+        if self.used.contains_key(&id) {
+            return None;
+        }
+        self.used.insert(id, ());
+        Some(h.s)
+    }
+}
+
+/// A stored proxy provider config (as blueprints write it) in the shape the hot path uses.
+fn parse_provider(config: &Value, id: Uuid, name: &str, app: Application) -> Result<ProxyProvider> {
+    let s = |k: &str| config.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    let mode = match s("mode").unwrap_or("forward_single") {
+        "forward_single" => ProxyMode::Single,
+        "forward_domain" => ProxyMode::Domain,
+        other => return Err(CoreError::invalid(format!("mode '{other}' is not served by forward auth"))),
+    };
+    let external_host = s("external_host")
+        .and_then(|h| Url::parse(h).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| CoreError::invalid("external_host is missing or not an http(s) URL"))?;
+    let cookie_domain = s("cookie_domain").map(|d| d.trim_start_matches('.').to_ascii_lowercase());
+    if mode == ProxyMode::Domain && cookie_domain.is_none() {
+        return Err(CoreError::invalid("forward_domain needs a cookie_domain"));
+    }
+    let mut skip_paths = Vec::new();
+    for line in s("skip_path_regex").unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()) {
+        skip_paths.push(Regex::new(line).map_err(|e| CoreError::invalid(format!("skip_path_regex '{line}': {e}")))?);
+    }
+    let token_validity = config.get("access_token_validity").and_then(Value::as_i64).filter(|v| *v > 0).unwrap_or(300);
+    Ok(ProxyProvider {
+        id,
+        name: name.to_string(),
+        mode,
+        external_host,
+        cookie_domain,
+        skip_paths,
+        token_validity,
+        app,
+        outpost: "embedded".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn app() -> Application {
+        Application {
+            id: Uuid::nil(),
+            name: "a".into(),
+            slug: "a".into(),
+            provider_id: None,
+            launch_url: None,
+            icon: None,
+            description: String::new(),
+            group: None,
+            policy_engine_mode: "any".into(),
+            open_in_new_tab: false,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn redirect_targets_stay_inside_the_provider() {
+        let single =
+            parse_provider(&json!({"external_host": "http://app.test:8080"}), Uuid::nil(), "s", app()).unwrap();
+        assert!(single.safe_target("http://app.test:8080/x?y").is_some());
+        for bad in ["http://evil.test/", "http://app.test:9090/", "http://u@app.test:8080/", "javascript:x", "/rel"] {
+            assert!(single.safe_target(bad).is_none(), "{bad}");
+        }
+        assert_eq!(single.target_or_home(Some("http://evil.test/")).as_str(), "http://app.test:8080/");
+        let domain = parse_provider(
+            &json!({"mode": "forward_domain", "external_host": "https://auth.example.test", "cookie_domain": ".Example.test", "skip_path_regex": "^/api/health$\n\n^/public/"}),
+            Uuid::nil(),
+            "d",
+            app(),
+        )
+        .unwrap();
+        assert!(domain.safe_target("https://x.example.test/").is_some());
+        assert!(domain.safe_target("https://example.test/").is_some());
+        assert!(domain.safe_target("https://badexample.test/").is_none());
+        assert!(domain.safe_target("https://example.test.evil/").is_none());
+        assert!(domain.skips("/api/health") && domain.skips("/public/a") && !domain.skips("/api/healthz"));
+    }
+}

@@ -1,0 +1,418 @@
+//! authentik-compatible forward auth under `/outpost.goauthentik.io/` (the embedded outpost):
+//! Caddy's `forward_auth`, Traefik's `forwardAuth` and nginx's `auth_request` ask here whether
+//! a request may pass, and the browser's login round trip runs through `start` and `callback`.
+//!
+//! The round trip, for a protected host `app` and Latchkey at `auth`:
+//! 1. `app/…/auth/caddy` without a session: 302 to `auth/…/start?state=S` (S signs the
+//!    original URL and the provider); nginx gets 401 and sends the browser to `app/…/start?rd=`,
+//!    which signs `rd` the same way and redirects to `auth/…/start?state=S`.
+//! 2. `auth/…/start?state=S`: no Latchkey session yet → the login flow, returning here after;
+//!    with one → 302 to `app/…/callback?state=S&code=C`, C an encrypted one-time hand-off.
+//! 3. `app/…/callback`: C opened, the session cookie set on the app's host (single mode) or on
+//!    the cookie domain (domain mode), 302 to the original URL.
+//!
+//! The proxy's cookie carries the very same session as Latchkey's own cookie, so a logout,
+//! revocation or password change ends both at once.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use latchkey_core::proxy::{ForwardedRequest, ProxyMode, ProxyProvider, Verdict};
+use latchkey_core::sessions::ActiveSession;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use url::Url;
+
+use crate::error::{WebError, WebResult};
+use crate::flows::{found, login_url};
+use crate::request::{Caller, SESSION_COOKIE};
+use crate::state::AppState;
+
+const PREFIX: &str = "/outpost.goauthentik.io";
+/// Forwarded headers longer than this are refused (no legitimate URL or host is near it).
+const MAX_HEADER: usize = 8 * 1024;
+
+/// Identity headers, capitalised as authentik sends them (proxies match them by name).
+const IDENTITY_HEADERS: [&str; 11] = [
+    "X-Authentik-Username",
+    "X-Authentik-Groups",
+    "X-Authentik-Email",
+    "X-Authentik-Name",
+    "X-Authentik-Uid",
+    "X-Authentik-Jwt",
+    "X-Authentik-Meta-Jwks",
+    "X-Authentik-Meta-Outpost",
+    "X-Authentik-Meta-Provider",
+    "X-Authentik-Meta-App",
+    "X-Authentik-Meta-Version",
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{PREFIX}/auth/caddy"), any(auth_caddy))
+        .route(&format!("{PREFIX}/auth/traefik"), any(auth_caddy))
+        .route(&format!("{PREFIX}/auth/nginx"), any(auth_nginx))
+        .route(&format!("{PREFIX}/start"), get(start))
+        .route(&format!("{PREFIX}/callback"), get(callback))
+        .route(&format!("{PREFIX}/sign_out"), get(sign_out))
+        .route(&format!("{PREFIX}/ping"), any(ping))
+        .route(&format!("{PREFIX}/jwks/"), get(jwks))
+        .route(&format!("{PREFIX}/jwks"), get(jwks))
+}
+
+async fn ping() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn jwks(State(state): State<AppState>) -> WebResult<Response> {
+    let keys = state.core.signing.jwks().await?;
+    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(keys)).into_response())
+}
+
+/// A forwarded header as text: absent is `Ok(None)`; unreadable or oversized is a 400 naming it.
+fn forwarded<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<Option<&'a str>> {
+    let Some(v) = headers.get(name) else { return Ok(None) };
+    if v.len() > MAX_HEADER {
+        tracing::warn!(header = name, "forward auth: header too long");
+        return Err(WebError::bad_request(format!("The {name} header is too long.")));
+    }
+    match v.to_str() {
+        Ok(s) if s.trim().is_empty() => Ok(None),
+        Ok(s) => Ok(Some(s.trim())),
+        Err(_) => {
+            tracing::warn!(header = name, "forward auth: header is not plain text");
+            Err(WebError::bad_request(format!("The {name} header is not valid text.")))
+        }
+    }
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<&'a str> {
+    forwarded(headers, name)?.ok_or_else(|| {
+        tracing::warn!(header = name, "forward auth: header missing; is the proxy configured as documented?");
+        WebError::bad_request(format!("The {name} header is missing; the proxy must send it."))
+    })
+}
+
+fn parse_url(raw: &str, header: &str) -> WebResult<Url> {
+    Url::parse(raw).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some()).ok_or_else(|| {
+        tracing::warn!(header, "forward auth: not a usable URL");
+        WebError::bad_request(format!("The {header} header does not give a valid http(s) URL."))
+    })
+}
+
+/// The original URL from Caddy's / Traefik's headers.
+fn caddy_target(headers: &HeaderMap) -> WebResult<Url> {
+    let proto = required(headers, "X-Forwarded-Proto")?;
+    let host = required(headers, "X-Forwarded-Host")?;
+    let uri = required(headers, "X-Forwarded-Uri")?;
+    if !matches!(proto, "http" | "https") {
+        return Err(WebError::bad_request("The X-Forwarded-Proto header must be http or https."));
+    }
+    if !uri.starts_with('/') || host.contains(['/', '@', '\\']) {
+        return Err(WebError::bad_request("The X-Forwarded-Host or X-Forwarded-Uri header is malformed."));
+    }
+    parse_url(&format!("{proto}://{host}{uri}"), "X-Forwarded-Uri")
+}
+
+/// The original URL from nginx's headers: `X-Original-URI` (a path, with the host from `Host`)
+/// or else `X-Original-URL` (absolute), as authentik's snippet sends it.
+fn nginx_target(headers: &HeaderMap) -> WebResult<Url> {
+    if let Some(url) = forwarded(headers, "X-Original-URL")? {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return parse_url(url, "X-Original-URL");
+        }
+    }
+    if let Some(uri) = forwarded(headers, "X-Original-URI")? {
+        let proto = forwarded(headers, "X-Forwarded-Proto")?.unwrap_or("http");
+        let host = match forwarded(headers, "X-Forwarded-Host")? {
+            Some(h) => h,
+            None => required(headers, "Host")?,
+        };
+        if !uri.starts_with('/') || host.contains(['/', '@', '\\']) || !matches!(proto, "http" | "https") {
+            return Err(WebError::bad_request("The X-Original-URI or Host header is malformed."));
+        }
+        return parse_url(&format!("{proto}://{host}{uri}"), "X-Original-URI");
+    }
+    tracing::warn!(header = "X-Original-URL", "forward auth: header missing; is the proxy configured as documented?");
+    Err(WebError::bad_request("The X-Original-URL (or X-Original-URI) header is missing; the proxy must send it."))
+}
+
+/// Where Latchkey's own pages are reached: the configured external URL; else, in domain mode,
+/// the provider's external host (authentik's outpost host is the auth host there); else this
+/// request's origin.
+fn login_base(state: &AppState, provider: &ProxyProvider, caller: &Caller) -> String {
+    if let Some(url) = &state.config.external_url {
+        return url.origin().ascii_serialization();
+    }
+    if provider.mode == ProxyMode::Domain {
+        return provider.external_host.origin().ascii_serialization();
+    }
+    caller.origin.clone()
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Names may be UTF-8 (sent as opaque bytes); control characters never are allowed.
+    HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn auth_caddy(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Response {
+    let target = match caddy_target(&headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let method = forwarded(&headers, "X-Forwarded-Method").ok().flatten().unwrap_or("GET").to_string();
+    check(&state, &caller, target, method, false).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn auth_nginx(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Response {
+    let target = match nginx_target(&headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let method = forwarded(&headers, "X-Original-Method").ok().flatten().unwrap_or("GET").to_string();
+    check(&state, &caller, target, method, true).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn check(state: &AppState, caller: &Caller, target: Url, method: String, nginx: bool) -> WebResult<Response> {
+    let Some(provider) = state.core.proxy.resolve(&target).await? else {
+        tracing::warn!(host = target.host_str().unwrap_or(""), "forward auth: no proxy provider for this host");
+        return Err(WebError::not_found(format!(
+            "No proxy provider protects {}; check the provider's external_host and cookie_domain.",
+            target.host_str().unwrap_or("this host")
+        )));
+    };
+    let cookie_name = provider.cookie_name();
+    let cookies: Vec<&str> = [caller.jar.get(&cookie_name), caller.jar.get(SESSION_COOKIE)]
+        .into_iter()
+        .flatten()
+        .map(|c| c.value())
+        .collect();
+    let req = ForwardedRequest {
+        url: target.clone(),
+        method,
+        client_ip: caller.ip.map(|ip| ip.to_string()),
+        user_agent: caller.user_agent.clone(),
+    };
+    match state.core.proxy.decide(&provider, &req, &cookies).await? {
+        Verdict::Anonymous => {
+            // Empty identity headers: a proxy copying them overwrites anything the client forged.
+            let mut out = StatusCode::OK.into_response();
+            for h in IDENTITY_HEADERS {
+                out.headers_mut().insert(name(h), HeaderValue::from_static(""));
+            }
+            Ok(out)
+        }
+        Verdict::LoginNeeded if nginx => {
+            Ok((StatusCode::UNAUTHORIZED, [(header::CACHE_CONTROL, "no-store")], "Login required.").into_response())
+        }
+        Verdict::LoginNeeded => {
+            let sealed = state.core.proxy.seal_state(&provider, &target);
+            let base = login_base(state, &provider, caller);
+            Ok(found(&format!("{base}{PREFIX}/start?state={}", encode(&sealed))))
+        }
+        Verdict::Denied { session, messages } => {
+            tracing::info!(user = %session.user.username, app = %provider.app.slug, "forward auth: denied by policy");
+            let mut text = format!("You do not have access to {}.", provider.app.name);
+            for m in messages.iter().filter(|m| !m.is_empty()) {
+                text.push(' ');
+                text.push_str(m);
+            }
+            Err(WebError::forbidden(text))
+        }
+        Verdict::Allowed(session) => identity(state, caller, &provider, &session).await,
+    }
+}
+
+/// 200 with the identity headers and a signed JWT.
+async fn identity(
+    state: &AppState,
+    caller: &Caller,
+    provider: &ProxyProvider,
+    session: &ActiveSession,
+) -> WebResult<Response> {
+    let user = &session.user;
+    let base = login_base(state, provider, caller);
+    let now = state.core.proxy.now().timestamp();
+    let claims = json!({
+        "iss": format!("{base}/application/o/{}/", provider.app.slug),
+        "sub": user.id.to_string(),
+        "aud": provider.app.slug,
+        "iat": now,
+        "exp": now + provider.token_validity,
+        "preferred_username": user.username,
+        "email": user.email.clone().unwrap_or_default(),
+        "name": user.name,
+        "groups": user.groups,
+    });
+    let jwt = state.core.signing.sign(&claims).await?;
+    let values = [
+        user.username.clone(),
+        user.groups.join("|"),
+        user.email.clone().unwrap_or_default(),
+        user.name.clone(),
+        user.id.to_string(),
+        jwt,
+        format!("{base}{PREFIX}/jwks/"),
+        provider.outpost.clone(),
+        provider.name.clone(),
+        provider.app.slug.clone(),
+        format!("latchkey/{}", env!("CARGO_PKG_VERSION")),
+    ];
+    let mut out = StatusCode::OK.into_response();
+    for (h, value) in IDENTITY_HEADERS.iter().zip(values) {
+        out.headers_mut().insert(name(h), header_value(&value));
+    }
+    out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(out)
+}
+
+/// `HeaderName` from one of our constant names. Header names are case-insensitive and
+/// HTTP/1.1 writes them lower-cased; proxies match them by name whatever the case.
+fn name(h: &str) -> HeaderName {
+    // The names above are valid tokens, so the fallback is never taken.
+    HeaderName::from_bytes(h.as_bytes()).unwrap_or(header::WARNING)
+}
+
+#[derive(Deserialize)]
+pub struct StartQuery {
+    rd: Option<String>,
+    state: Option<String>,
+}
+
+/// The request's own URL as the proxy saw it (for `start` and `sign_out` served on the app host).
+fn app_url(headers: &HeaderMap, caller: &Caller) -> Option<Url> {
+    if let Ok(Some(url)) = forwarded(headers, "X-Original-URL") {
+        if let Ok(u) = Url::parse(url) {
+            return Some(u);
+        }
+    }
+    let proto =
+        forwarded(headers, "X-Forwarded-Proto").ok().flatten().unwrap_or(if caller.https { "https" } else { "http" });
+    let host = forwarded(headers, "X-Forwarded-Host").ok().flatten().or(caller.host.as_deref())?;
+    Url::parse(&format!("{proto}://{host}/")).ok()
+}
+
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<StartQuery>,
+) -> WebResult<Response> {
+    let proxy = &state.core.proxy;
+    if let Some(sealed) = q.state.as_deref() {
+        // Phase 2, on Latchkey's host: log in if needed, then hand the session to the app host.
+        let bad = || WebError::bad_request("This sign-in link is invalid or has expired; open the application again.");
+        let st = proxy.open_state(sealed).ok_or_else(bad)?;
+        let provider = proxy.provider(st.provider).await?.ok_or_else(bad)?;
+        let rd = provider.safe_target(&st.rd).ok_or_else(bad)?;
+        let (Some(_), Some(cookie)) = (&caller.session, caller.session_cookie()) else {
+            return Ok(found(&login_url(&format!("{PREFIX}/start?state={}", encode(sealed)))));
+        };
+        let code = proxy.seal_handoff(&provider, &cookie)?;
+        let origin = rd.origin().ascii_serialization();
+        return Ok(found(&format!("{origin}{PREFIX}/callback?state={}&code={}", encode(sealed), encode(&code))));
+    }
+    // Phase 1, on the app's host (nginx's error_page sends the browser here with `rd`).
+    let here = app_url(&headers, &caller);
+    let mut provider = match &here {
+        Some(u) => proxy.resolve(u).await?,
+        None => None,
+    };
+    if provider.is_none() {
+        if let Some(rd) = q.rd.as_deref().and_then(|rd| Url::parse(rd).ok()) {
+            provider = proxy.resolve(&rd).await?;
+        }
+    }
+    let Some(provider) = provider else {
+        return Err(WebError::bad_request("No proxy provider protects this host, so there is nothing to sign in to."));
+    };
+    let rd = provider.target_or_home(q.rd.as_deref());
+    let sealed = proxy.seal_state(&provider, &rd);
+    let base = login_base(&state, &provider, &caller);
+    Ok(found(&format!("{base}{PREFIX}/start?state={}", encode(&sealed))))
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+}
+
+fn proxy_cookie(provider: &ProxyProvider, secure: bool, value: String) -> Cookie<'static> {
+    let mut c = Cookie::new(provider.cookie_name(), value);
+    c.set_http_only(true);
+    c.set_same_site(SameSite::Lax);
+    c.set_secure(secure);
+    c.set_path("/");
+    if provider.mode == ProxyMode::Domain {
+        if let Some(d) = &provider.cookie_domain {
+            c.set_domain(d.clone());
+        }
+    }
+    c
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    Query(q): Query<CallbackQuery>,
+) -> WebResult<Response> {
+    let proxy = &state.core.proxy;
+    let bad = || WebError::bad_request("This sign-in link is invalid or has expired; open the application again.");
+    let st = q.state.as_deref().and_then(|s| proxy.open_state(s)).ok_or_else(bad)?;
+    let provider: Arc<ProxyProvider> = proxy.provider(st.provider).await?.ok_or_else(bad)?;
+    let rd = provider.safe_target(&st.rd).ok_or_else(bad)?;
+    let cookie = q.code.as_deref().and_then(|c| proxy.open_handoff(&provider, c)).ok_or_else(bad)?;
+    if state.core.sessions.validate(&cookie).await?.is_none() {
+        return Err(bad());
+    }
+    let jar = jar.add(proxy_cookie(&provider, rd.scheme() == "https", cookie));
+    Ok((jar, found(rd.as_str())).into_response())
+}
+
+async fn sign_out(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> WebResult<Response> {
+    let provider = match app_url(&headers, &caller) {
+        Some(u) => state.core.proxy.resolve(&u).await?,
+        None => None,
+    };
+    let mut jar = caller.jar.clone();
+    let mut values: Vec<String> = caller.session_cookie().into_iter().collect();
+    if let Some(p) = &provider {
+        if let Some(c) = caller.jar.get(&p.cookie_name()) {
+            values.push(c.value().to_string());
+        }
+        let mut removal = proxy_cookie(p, caller.https, String::new());
+        removal.make_removal();
+        jar = jar.add(removal);
+    }
+    for v in values {
+        if let Some(session) = state.core.sessions.revoke_cookie(&v).await? {
+            let user_name = caller.session.as_ref().map(|s| s.user.username.clone());
+            state
+                .core
+                .events
+                .record_raw(
+                    "logout",
+                    Some(session.user_id),
+                    user_name,
+                    &caller.client(),
+                    json!({ "session": session.id, "via": "forward_auth" }),
+                )
+                .await;
+        }
+    }
+    jar = jar.add(caller.removal(SESSION_COOKIE));
+    let to = match &provider {
+        Some(p) => format!("{}{}", login_base(&state, p, &caller), login_url("/if/user/")),
+        None => login_url("/if/user/"),
+    };
+    Ok((jar, found(&to)).into_response())
+}

@@ -1,0 +1,421 @@
+//! Issue-6 scenarios: forward auth through a real Caddy and a real nginx, configured from
+//! authentik's documented snippets (only upstream addresses changed), in front of a
+//! header-echo backend — on SQLite and PostgreSQL.
+
+use crate::common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+on_both_backends!(forward_auth_through_caddy, forward_auth_through_nginx);
+
+/// A backend that answers every request with its headers as JSON (names lower-cased).
+async fn echo_backend() -> u16 {
+    use axum::http::HeaderMap;
+    let port = free_port();
+    let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        let mut map = serde_json::Map::new();
+        for (k, v) in headers.iter() {
+            map.insert(k.as_str().to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        }
+        axum::Json(Value::Object(map))
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+/// A proxy process, killed on drop.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tool(name: &str) -> Option<String> {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// `None` (the test skips) when the tool is missing outside CI; scripts/test installs it.
+fn require(name: &str) -> Option<String> {
+    let found = tool(name);
+    if found.is_none() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{name} is not installed under CI");
+        eprintln!("skipping: {name} not installed (scripts/test installs it)");
+    }
+    found
+}
+
+async fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The server with `external_url` set. With Caddy it is `127.0.0.1`, so the login host differs
+/// from the app hosts (`localhost`) and the session really has to be handed over.
+async fn start_server(env: &Env, external_url: &str) -> Server {
+    let mut child = env
+        .command(&["serve"])
+        .env("LATCHKEY_EXTERNAL_URL", external_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var("LATCHKEY_TEST_ECHO").is_ok() {
+                eprintln!("[server] {line}");
+            }
+            if let Ok(mut l) = sink.lock() {
+                l.push(line);
+            }
+        }
+    });
+    let server = Server { child, log, base: env.base() };
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = c.get(format!("{}/-/health/ready/", server.base)).send().await {
+            if r.status() == 200 {
+                return server;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become ready:\n{}", server.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn blueprint(env: &Env, hosts: &[(&str, u16)]) {
+    let mut providers = String::new();
+    let mut apps = String::new();
+    let mut names = Vec::new();
+    for (name, port) in hosts {
+        providers.push_str(&format!(
+            "  - name: {name}\n    type: proxy\n    mode: forward_single\n    external_host: http://localhost:{port}\n    skip_path_regex: \"^/public/\"\n"
+        ));
+        apps.push_str(&format!(
+            "  - name: {name} app\n    slug: {name}\n    provider: {name}\n    allowed_groups: [family]\n"
+        ));
+        names.push(name.to_string());
+    }
+    let yaml = format!(
+        "groups:\n  - name: family\nusers:\n  - username: alice\n    name: Alice Example\n    email: alice@example.test\n    password: alice-password\n    groups: [family]\n  - username: mallory\n    name: Mallory\n    email: mallory@example.test\n    password: mallory-password\nproviders:\n{providers}applications:\n{apps}outposts:\n  - name: embedded\n    providers: [{}]\n",
+        names.join(", ")
+    );
+    let path = env.dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+}
+
+fn absolute(base_of: &str, location: &str) -> String {
+    url::Url::parse(base_of).unwrap().join(location).unwrap().to_string()
+}
+
+/// Follows redirects like a browser; when the login page is reached, logs in through the JSON
+/// executor with the page's query and goes on to where the flow says. Returns the final
+/// response and every URL visited.
+async fn browse(c: &reqwest::Client, url: &str, login: Option<(&str, &str)>) -> (reqwest::Response, Vec<String>) {
+    let mut url = url.to_string();
+    let mut seen = vec![url.clone()];
+    for _ in 0..12 {
+        if let (Some((user, password)), true) = (login, url.contains("/if/flow/default-authentication-flow/")) {
+            let parsed = url::Url::parse(&url).unwrap();
+            let query: String = url::form_urlencoded::byte_serialize(parsed.query().unwrap_or("").as_bytes()).collect();
+            let exec = format!(
+                "{}/api/v1/flows/executor/default-authentication-flow/?query={query}",
+                parsed.origin().ascii_serialization()
+            );
+            let first = c.get(&exec).send().await.unwrap().text().await.unwrap();
+            let first: Value = serde_json::from_str(&first).unwrap_or_else(|_| panic!("{exec}: {first}\n{seen:#?}"));
+            assert_eq!(first["component"], "identification", "{first}");
+            let done: Value = c
+                .post(&exec)
+                .json(&serde_json::json!({"uid_field": user, "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(done["component"], "redirect", "{done}");
+            url = absolute(&url, done["to"].as_str().unwrap());
+            seen.push(url.clone());
+            continue;
+        }
+        let r = c.get(&url).header("accept", "text/html").send().await.unwrap();
+        if !r.status().is_redirection() {
+            return (r, seen);
+        }
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        url = absolute(&url, &location);
+        seen.push(url.clone());
+    }
+    panic!("redirect loop: {seen:#?}");
+}
+
+async fn forward_auth_through_caddy(env: Env) {
+    let Some(caddy) = require("caddy") else { return };
+    let backend = echo_backend().await;
+    let port = free_port();
+    blueprint(&env, &[("caddyapp", port)]);
+    let server = start_server(&env, &env.base()).await;
+    let lk = env.http;
+    // authentik's documented snippet; only the upstream addresses differ.
+    let caddyfile = format!(
+        r#"{{
+	admin off
+	auto_https off
+}}
+
+http://localhost:{port} {{
+	route {{
+		reverse_proxy /outpost.goauthentik.io/* http://127.0.0.1:{lk}
+		forward_auth http://127.0.0.1:{lk} {{
+			uri /outpost.goauthentik.io/auth/caddy
+			copy_headers X-Authentik-Username X-Authentik-Groups X-Authentik-Email X-Authentik-Name X-Authentik-Uid X-Authentik-Jwt X-Authentik-Meta-Jwks X-Authentik-Meta-Outpost X-Authentik-Meta-Provider X-Authentik-Meta-App X-Authentik-Meta-Version
+			trusted_proxies private_ranges
+		}}
+		reverse_proxy 127.0.0.1:{backend}
+	}}
+}}
+"#
+    );
+    let file = env.dir.path().join("Caddyfile");
+    std::fs::write(&file, caddyfile).unwrap();
+    let _caddy = Proxy(
+        Command::new(caddy)
+            .args(["run", "--adapter", "caddyfile", "--config", file.to_str().unwrap()])
+            .env("HOME", env.dir.path())
+            .env("XDG_DATA_HOME", env.dir.path())
+            .env("XDG_CONFIG_HOME", env.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn caddy"),
+    );
+    wait_port(port).await;
+    let app = format!("http://localhost:{port}");
+    let c = client();
+
+    // Anonymous: a redirect towards the login, carrying the original URL in a signed state.
+    let r = c.get(format!("{app}/private/page?x=1")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&format!("{}/outpost.goauthentik.io/start?state=", server.base)), "{location}");
+    // Health of the outpost path through the proxy.
+    assert_eq!(c.get(format!("{app}/outpost.goauthentik.io/ping")).send().await.unwrap().status(), 204);
+
+    // Login, then back at the original URL with the identity headers; a forged header is overwritten.
+    let (r, seen) = browse(&c, &format!("{app}/private/page?x=1"), Some(("alice", "alice-password"))).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/private/page?x=1"), "{seen:#?}");
+    let echoed: Value = c
+        .get(format!("{app}/private/page?x=1"))
+        .header("X-Authentik-Username", "admin")
+        .header("X-Authentik-Groups", "admins")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed["x-authentik-username"], "alice", "{echoed}");
+    assert_eq!(echoed["x-authentik-groups"], "family", "{echoed}");
+    assert_eq!(echoed["x-authentik-email"], "alice@example.test");
+    assert_eq!(echoed["x-authentik-name"], "Alice Example");
+    assert_eq!(echoed["x-authentik-meta-app"], "caddyapp");
+    assert_eq!(echoed["x-authentik-meta-provider"], "caddyapp");
+    assert_eq!(echoed["x-authentik-meta-outpost"], "embedded");
+    assert!(echoed["x-authentik-meta-version"].as_str().unwrap().starts_with("latchkey/"));
+
+    // The JWT verifies against the published JWKS.
+    let jwks_url = echoed["x-authentik-meta-jwks"].as_str().unwrap().to_string();
+    let jwks: Value = c.get(&jwks_url).send().await.unwrap().json().await.unwrap();
+    let key = &jwks["keys"][0];
+    let decoding =
+        jsonwebtoken::DecodingKey::from_ec_components(key["x"].as_str().unwrap(), key["y"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["caddyapp"]);
+    let jwt = echoed["x-authentik-jwt"].as_str().unwrap();
+    let claims = jsonwebtoken::decode::<Value>(jwt, &decoding, &validation).unwrap().claims;
+    assert_eq!(claims["preferred_username"], "alice");
+    assert_eq!(claims["groups"][0], "family");
+    assert_eq!(claims["sub"], echoed["x-authentik-uid"]);
+    assert_eq!(jsonwebtoken::decode_header(jwt).unwrap().kid.as_deref(), key["kid"].as_str());
+
+    // Unauthenticated paths pass without identity, and forged identity does not get through.
+    let anon = client();
+    let echoed: Value = anon
+        .get(format!("{app}/public/x"))
+        .header("X-Authentik-Username", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(echoed["x-authentik-username"], "admin", "{echoed}");
+
+    // `start?rd=` to a foreign host ends at the app's own host, never at the foreign one.
+    let (r, seen) = browse(&c, &format!("{app}/outpost.goauthentik.io/start?rd=http://evil.test/steal"), None).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert!(seen[1..].iter().all(|u| !u.contains("//evil.test")), "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/"));
+
+    // A forged state or hand-off code is refused.
+    let r = c.get(format!("{app}/outpost.goauthentik.io/callback?state=x.y&code=z")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Someone outside the allowed group: 403 with a page, no redirect loop.
+    let m = client();
+    let (r, seen) = browse(&m, &format!("{app}/private/page"), Some(("mallory", "mallory-password"))).await;
+    assert_eq!(r.status(), 403, "{seen:#?}");
+    assert!(r.text().await.unwrap().contains("do not have access"));
+
+    // Missing forwarded headers: 400 naming the header.
+    let r = c
+        .get(format!("{}/outpost.goauthentik.io/auth/caddy", server.base))
+        .header("X-Forwarded-Proto", "http")
+        .header("X-Forwarded-Host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("X-Forwarded-Uri"));
+
+    // Sign out: the session ends; the next visit is sent to the login again.
+    let r = c.get(format!("{app}/outpost.goauthentik.io/sign_out")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let r = c.get(format!("{app}/private/page")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    server.stop();
+}
+
+async fn forward_auth_through_nginx(env: Env) {
+    let Some(nginx) = require("nginx") else { return };
+    let backend = echo_backend().await;
+    let port = free_port();
+    blueprint(&env, &[("nginxapp", port)]);
+    // nginx rewrites a Location that starts with the proxy_pass URL to a relative one
+    // (`proxy_redirect default`), so the public URL must not be spelled like the upstream —
+    // as in real deployments (`https://auth.example.com` vs `http://latchkey:9000`).
+    let server = start_server(&env, &format!("http://localhost:{}", env.http)).await;
+    let lk = env.http;
+    let dir = env.dir.path().join("nginx");
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let d = dir.display();
+    // The server block is authentik's documented nginx snippet; only upstreams differ.
+    let conf = format!(
+        r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    proxy_buffers 8 16k;
+    proxy_buffer_size 32k;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            auth_request     /outpost.goauthentik.io/auth/nginx;
+            error_page       401 = @goauthentik_proxy_signin;
+            auth_request_set $auth_cookie $upstream_http_set_cookie;
+            add_header       Set-Cookie $auth_cookie;
+            auth_request_set $authentik_username $upstream_http_x_authentik_username;
+            auth_request_set $authentik_groups $upstream_http_x_authentik_groups;
+            auth_request_set $authentik_entitlements $upstream_http_x_authentik_entitlements;
+            auth_request_set $authentik_email $upstream_http_x_authentik_email;
+            auth_request_set $authentik_name $upstream_http_x_authentik_name;
+            auth_request_set $authentik_uid $upstream_http_x_authentik_uid;
+            proxy_set_header X-authentik-username $authentik_username;
+            proxy_set_header X-authentik-groups $authentik_groups;
+            proxy_set_header X-authentik-entitlements $authentik_entitlements;
+            proxy_set_header X-authentik-email $authentik_email;
+            proxy_set_header X-authentik-name $authentik_name;
+            proxy_set_header X-authentik-uid $authentik_uid;
+        }}
+        location /outpost.goauthentik.io {{
+            proxy_pass              http://127.0.0.1:{lk}/outpost.goauthentik.io;
+            proxy_set_header        Host $host;
+            proxy_set_header        X-Original-URL $scheme://$http_host$request_uri;
+            add_header              Set-Cookie $auth_cookie;
+            auth_request_set        $auth_cookie $upstream_http_set_cookie;
+            proxy_pass_request_body off;
+            proxy_set_header        Content-Length "";
+        }}
+        location @goauthentik_proxy_signin {{
+            internal;
+            add_header Set-Cookie $auth_cookie;
+            return 302 /outpost.goauthentik.io/start?rd=$scheme://$http_host$request_uri;
+        }}
+    }}
+}}
+"#
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let _nginx = Proxy(
+        Command::new(nginx)
+            .args(["-p", &d.to_string(), "-c", file.to_str().unwrap(), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx"),
+    );
+    wait_port(port).await;
+    let app = format!("http://localhost:{port}");
+    let c = client();
+
+    // Anonymous: nginx turns the 401 into a redirect to start?rd=.
+    let r = c.get(format!("{app}/private?x=1")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("/outpost.goauthentik.io/start?rd="), "{location}");
+
+    let (r, seen) = browse(&c, &format!("{app}/private?x=1"), Some(("alice", "alice-password"))).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/private?x=1"), "{seen:#?}");
+    let echoed: Value = c
+        .get(format!("{app}/private"))
+        .header("X-Authentik-Username", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed["x-authentik-username"], "alice", "{echoed}");
+    assert_eq!(echoed["x-authentik-groups"], "family");
+
+    // Outside the allowed group: nginx passes on the 403.
+    let m = client();
+    let (r, seen) = browse(&m, &format!("{app}/private"), Some(("mallory", "mallory-password"))).await;
+    assert_eq!(r.status(), 403, "{seen:#?}");
+    server.stop();
+}
