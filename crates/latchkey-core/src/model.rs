@@ -522,3 +522,23 @@ pub struct Mail {
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
 }
+
+/// An invitation to enroll: a link usable `max_uses` times until it expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub id: Uuid,
+    /// SHA-256 (hex) of the secret in the link.
+    #[serde(skip_serializing)]
+    pub secret_hash: String,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub max_uses: i64,
+    pub uses: i64,
+    /// The invitee must enroll with this address.
+    pub fixed_email: Option<String>,
+    /// Groups the new user joins.
+    pub groups: Vec<String>,
+    /// The enrollment flow the link opens.
+    pub flow_slug: String,
+}

@@ -220,6 +220,18 @@ pub trait MailStore: Send + Sync {
     async fn list_mails(&self, limit: u32) -> StoreResult<Vec<Mail>>;
 }
 
+#[async_trait]
+pub trait InvitationStore: Send + Sync {
+    async fn create_invitation(&self, invitation: &Invitation) -> StoreResult<()>;
+    /// A usable invitation (unexpired, uses left) with that secret hash.
+    async fn find_invitation(&self, secret_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<Invitation>>;
+    /// Counts one use; `false` if it is used up or expired. Atomic.
+    async fn use_invitation(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
+    /// Newest first.
+    async fn list_invitations(&self) -> StoreResult<Vec<Invitation>>;
+    async fn delete_invitation(&self, id: Uuid) -> StoreResult<()>;
+}
+
 /// The whole store, as services receive it (`Arc<dyn Store>`).
 #[async_trait]
 pub trait Store:
@@ -235,6 +247,7 @@ pub trait Store:
     + ConsentStore
     + ThrottleStore
     + MailStore
+    + InvitationStore
     + Send
     + Sync
     + 'static

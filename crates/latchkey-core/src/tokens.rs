@@ -9,11 +9,25 @@ use crate::clock::Clock;
 use crate::error::{CoreError, Result};
 use crate::events::{ClientInfo, Events};
 use crate::keys::{hash_secret, random_secret};
-use crate::model::{Token, TokenKind, User};
+use crate::model::{Invitation, Token, TokenKind, User};
 use crate::store::Store;
 
 /// How long a printed setup link stays valid.
 pub const SETUP_LINK_VALIDITY: Duration = Duration::hours(24);
+
+/// What an invitation allows.
+#[derive(Debug, Clone)]
+pub struct InvitationRequest {
+    pub valid_for: Option<Duration>,
+    /// How many accounts it may create (at least 1).
+    pub max_uses: i64,
+    /// The invitee must enroll with this address.
+    pub fixed_email: Option<String>,
+    /// Groups the new user joins.
+    pub groups: Vec<String>,
+    /// The enrollment flow the link opens.
+    pub flow_slug: String,
+}
 
 #[derive(Clone)]
 pub struct Tokens {
@@ -103,6 +117,46 @@ impl Tokens {
             )
             .await;
         Ok(secret)
+    }
+
+    /// An invitation link's secret and the stored invitation.
+    pub async fn create_invitation(
+        &self,
+        created_by: Option<&User>,
+        request: InvitationRequest,
+        client: &ClientInfo,
+    ) -> Result<(String, Invitation)> {
+        let InvitationRequest { valid_for, max_uses, fixed_email, groups, flow_slug } = request;
+        if max_uses < 1 {
+            return Err(CoreError::invalid_field("uses", "An invitation needs at least one use."));
+        }
+        if let Some(e) = &fixed_email {
+            crate::directory::validate_email(e)?;
+        }
+        let secret = random_secret(32);
+        let now = self.clock.now();
+        let invitation = Invitation {
+            id: Uuid::now_v7(),
+            secret_hash: hash_secret(&secret),
+            created_by: created_by.map(|u| u.id),
+            created_at: now,
+            expires_at: valid_for.map(|d| now + d),
+            max_uses,
+            uses: 0,
+            fixed_email,
+            groups,
+            flow_slug,
+        };
+        self.store.create_invitation(&invitation).await.map_err(CoreError::from_store)?;
+        self.events
+            .record(
+                "invitation_created",
+                created_by,
+                client,
+                json!({ "invitation": invitation.id, "max_uses": max_uses, "groups": invitation.groups, "expires_at": invitation.expires_at }),
+            )
+            .await;
+        Ok((secret, invitation))
     }
 
     /// A valid, unused token of that kind. Does not consume it.

@@ -268,7 +268,7 @@ pub(crate) const TABLES: &[Table] = &[
 ];
 
 /// Tables that are not backed up, on purpose.
-pub(crate) const SKIPPED: &[&str] = &["changes", "flow_states", "schema_version", "mails"];
+pub(crate) const SKIPPED: &[&str] = &["changes", "flow_states", "schema_version", "mails", "invitations"];
 
 fn quoted(column: &str) -> String {
     format!("\"{column}\"")

@@ -13,12 +13,14 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/sqlite/0001_init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/sqlite/0002_policies.sql") },
     Migration { version: 3, sql: include_str!("../migrations/sqlite/0003_outbox.sql") },
+    Migration { version: 4, sql: include_str!("../migrations/sqlite/0004_invitations.sql") },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sql: include_str!("../migrations/postgres/0001_init.sql") },
     Migration { version: 2, sql: include_str!("../migrations/postgres/0002_policies.sql") },
     Migration { version: 3, sql: include_str!("../migrations/postgres/0003_outbox.sql") },
+    Migration { version: 4, sql: include_str!("../migrations/postgres/0004_invitations.sql") },
 ];
 
 /// Applied to every pooled SQLite connection. `busy_timeout` first, so the one-time switch to WAL

@@ -96,6 +96,9 @@ impl GroupStore for SqlStore {
                 .await;
             match result {
                 Ok(row) => {
+                    // Group trees cached elsewhere (sessions, LDAP) must see the new group.
+                    let mut conn = self.pool().acquire().await.map_err(db_err)?;
+                    feed::record(&mut conn, &Change::Groups).await?;
                     return Ok(Group {
                         id: group.id,
                         name: group.name,
@@ -104,7 +107,7 @@ impl GroupStore for SqlStore {
                         attributes: group.attributes,
                         gid_number: row.int("gid_number")?,
                         created_at: stored_time(group.created_at),
-                    })
+                    });
                 }
                 Err(e) if is_unique_violation_on(&e, "gid_number") => continue,
                 Err(e) if is_unique_violation_on(&e, "name") => return Err(name_taken(&group.name)),

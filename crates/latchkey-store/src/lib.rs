@@ -18,6 +18,7 @@ mod error;
 mod feed;
 mod flows;
 mod groups;
+mod invitations;
 mod mail;
 mod migrate;
 mod policies;

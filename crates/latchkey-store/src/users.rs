@@ -84,6 +84,9 @@ impl UserStore for SqlStore {
                 .await;
             match result {
                 Ok(row) => {
+                    // Readers of whole-directory snapshots (LDAP) learn of the newcomer.
+                    let mut conn = self.pool().acquire().await.map_err(db_err)?;
+                    feed::record(&mut conn, &Change::User(user.id)).await?;
                     return Ok(User {
                         id: user.id,
                         username: user.username,
@@ -97,7 +100,7 @@ impl UserStore for SqlStore {
                         uid_number: row.int("uid_number")?,
                         created_at: stored_time(user.created_at),
                         last_login: None,
-                    })
+                    });
                 }
                 Err(e) if is_unique_violation_on(&e, "uid_number") => continue,
                 Err(e) if is_unique_violation_on(&e, "username") => return Err(username_taken(&user.username)),

@@ -21,6 +21,8 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("email/recovery.txt", include_str!("../templates/email/recovery.txt")),
     ("email/recovery.html", include_str!("../templates/email/recovery.html")),
     ("email/test.txt", include_str!("../templates/email/test.txt")),
+    ("email/verification.txt", include_str!("../templates/email/verification.txt")),
+    ("email/approval.txt", include_str!("../templates/email/approval.txt")),
     ("stages/generic.html", include_str!("../templates/stages/generic.html")),
 ];
 

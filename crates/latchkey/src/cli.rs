@@ -61,6 +61,9 @@ pub enum Command {
     /// Consent users gave to applications.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Invitations to enroll.
+    #[command(subcommand)]
+    Invitation(InvitationCommand),
     /// Mail: send a test message, see the outbox.
     #[command(subcommand)]
     Email(EmailCommand),
@@ -198,6 +201,31 @@ pub enum ConsentCommand {
 pub enum BlueprintCommand {
     /// Create or update what a blueprint file declares; an invalid file changes nothing.
     Apply { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InvitationCommand {
+    /// Create an invitation; prints the link to send.
+    Create {
+        /// Validity, e.g. 7d; default: never expires.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// How many accounts the link may create.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        /// The invitee must use this address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Group the new user joins (repeatable).
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        #[arg(long, default_value = "default-enrollment-flow")]
+        flow: String,
+    },
+    /// List invitations.
+    List,
+    /// Delete an invitation by id.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]

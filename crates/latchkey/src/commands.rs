@@ -316,6 +316,50 @@ pub async fn consent(app: &App, command: ConsentCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn invitation(app: &App, command: InvitationCommand) -> anyhow::Result<()> {
+    let core = &app.core;
+    match command {
+        InvitationCommand::Create { expires, uses, email, groups, flow } => {
+            for g in &groups {
+                core.directory.require_group(g).await.map_err(core_err)?;
+            }
+            if core.store.get_flow_by_slug(&flow).await.map_err(|e| core_err(CoreError::from_store(e)))?.is_none() {
+                bail!("flow '{flow}' not found");
+            }
+            let valid_for = expires.map(chrono_duration).transpose()?;
+            let request = latchkey_core::tokens::InvitationRequest {
+                valid_for,
+                max_uses: uses,
+                fixed_email: email,
+                groups,
+                flow_slug: flow.clone(),
+            };
+            let (secret, _) =
+                core.tokens.create_invitation(None, request, &ClientInfo::cli()).await.map_err(core_err)?;
+            println!("{}/if/flow/{flow}/?itoken={secret}", app.base_url());
+        }
+        InvitationCommand::List => {
+            println!("{:<38} {:<7} {:<17} {:<30} GROUPS", "ID", "USES", "EXPIRES", "EMAIL");
+            for i in core.store.list_invitations().await.map_err(|e| core_err(CoreError::from_store(e)))? {
+                println!(
+                    "{:<38} {:<7} {:<17} {:<30} {}",
+                    i.id,
+                    format!("{}/{}", i.uses, i.max_uses),
+                    i.expires_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()),
+                    i.fixed_email.as_deref().unwrap_or("-"),
+                    i.groups.join(", ")
+                );
+            }
+        }
+        InvitationCommand::Delete { id } => {
+            let id: uuid::Uuid = id.parse().map_err(|_| anyhow!("'{id}' is not an invitation id"))?;
+            core.store.delete_invitation(id).await.map_err(|e| core_err(CoreError::from_store(e)))?;
+            println!("deleted invitation {id}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn email(app: &App, command: EmailCommand) -> anyhow::Result<()> {
     match command {
         EmailCommand::Test { address } => {

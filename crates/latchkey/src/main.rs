@@ -115,6 +115,7 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
                 Command::Policy(c) => commands::policy(&app, c).await,
                 Command::Consent(c) => commands::consent(&app, c).await,
                 Command::Email(c) => commands::email(&app, c).await,
+                Command::Invitation(c) => commands::invitation(&app, c).await,
                 Command::Serve
                 | Command::Config(_)
                 | Command::Healthcheck

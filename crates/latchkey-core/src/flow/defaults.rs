@@ -132,6 +132,39 @@ fn default_flows() -> Vec<DefaultFlow> {
             ],
         },
         DefaultFlow {
+            slug: "default-enrollment-flow",
+            name: "Enrollment",
+            title: "Create your account",
+            designation: FlowDesignation::Enrollment,
+            settings: json!({ "authentication": "require_unauthenticated" }),
+            stages: vec![
+                (
+                    "default-enrollment-invitation",
+                    "invitation",
+                    // Self-registration is off: only invitation links open this flow.
+                    json!({ "allow_without_invitation": false, "email_domains": [], "require_approval": false, "verify_email": false }),
+                ),
+                (
+                    "default-enrollment-prompt",
+                    "prompt",
+                    json!({ "fields": [
+                        { "name": "username", "label": "Username", "type": "username", "required": true },
+                        { "name": "name", "label": "Name", "type": "text", "required": true },
+                        { "name": "email", "label": "Email", "type": "email", "required": true },
+                        { "name": "password", "label": "Password", "type": "password", "required": true },
+                        { "name": "password_repeat", "label": "Password (repeat)", "type": "password", "required": true },
+                    ], "validation_policies": [DEFAULT_PASSWORD_POLICY], "primary_action": "Create account" }),
+                ),
+                ("default-enrollment-write", "user_write", json!({ "user_creation_mode": "always_create" })),
+                (
+                    "default-enrollment-email-verification",
+                    "email",
+                    json!({ "template": "verification", "subject": "Confirm your email address", "only_when": "verify_email", "mark_verified": true, "token_expiry_minutes": 1440 }),
+                ),
+                ("default-enrollment-login", "user_login", json!({})),
+            ],
+        },
+        DefaultFlow {
             slug: "default-invalidation-flow",
             name: "Default invalidation flow",
             title: "Logging out",

@@ -91,7 +91,17 @@ impl StageHandler for Email {
     }
 
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
+        // A stage that runs only when an earlier one asked for it (e.g. email verification
+        // at enrollment when the invitation stage enables it).
+        if let Some(flag) = cx.config.get("only_when").and_then(Value::as_str) {
+            if !cx.state.data.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+                return Ok(Step::Next);
+            }
+        }
         if cx.state.data.get(LINK_USED).and_then(Value::as_bool).unwrap_or(false) {
+            if cx.config.get("mark_verified").and_then(Value::as_bool).unwrap_or(false) {
+                mark_email_verified(cx).await?;
+            }
             return Ok(Step::Next);
         }
         if !cx.state.data.get(SENT).and_then(Value::as_bool).unwrap_or(false) {
@@ -104,4 +114,14 @@ impl StageHandler for Email {
     async fn submit(&self, cx: &mut StageCx<'_>, _answer: &Map<String, Value>) -> Result<Step> {
         self.challenge(cx).await
     }
+}
+
+/// The user proved they read mail at their address.
+async fn mark_email_verified(cx: &mut StageCx<'_>) -> Result<()> {
+    let Some(id) = cx.state.pending_user else { return Ok(()) };
+    let mut user = cx.services.directory.get_user(id).await?;
+    if let Value::Object(attrs) = &mut user.attributes {
+        attrs.insert("email_verified".into(), json!(true));
+    }
+    cx.services.directory.update_user(&user, &cx.request.client).await
 }

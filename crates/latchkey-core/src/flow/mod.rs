@@ -8,6 +8,7 @@
 pub mod consent;
 pub mod defaults;
 pub mod email;
+pub mod enrollment;
 pub mod prompt;
 pub mod stages;
 

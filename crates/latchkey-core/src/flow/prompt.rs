@@ -36,8 +36,12 @@ impl Prompt {
             Some(id) => cx.services.store.get_user(id).await.map_err(CoreError::from_store)?,
             None => None,
         };
+        let preset = cx.state.data.get(super::enrollment::PROMPT_INITIAL).and_then(Value::as_object).cloned();
         let mut out = Vec::new();
         for mut f in fields(cx.config) {
+            if let Some(v) = preset.as_ref().and_then(|p| p.get(str_of(&f, "name"))) {
+                f.insert("initial_value".into(), v.clone());
+            }
             if !f.contains_key("initial_value") {
                 let from_user = user.as_ref().and_then(|u| match str_of(&f, "name") {
                     "username" => Some(u.username.clone()),
@@ -155,7 +159,15 @@ impl StageHandler for Prompt {
                 continue;
             }
             let check = match kind {
-                "email" => validate_email(&value),
+                "email" if !super::enrollment::email_domain_allowed(&cx.state.data, &value) => {
+                    Err(CoreError::invalid_field(name, "Sign-ups are not open to addresses at this domain."))
+                }
+                "email" => match cx.state.data.get(super::enrollment::FIXED_EMAIL).and_then(Value::as_str) {
+                    Some(fixed) if !fixed.eq_ignore_ascii_case(&value) => {
+                        Err(CoreError::invalid_field(name, format!("This invitation is for {fixed}.")))
+                    }
+                    _ => validate_email(&value),
+                },
                 "username" => validate_username(&value),
                 _ => Ok(()),
             };
@@ -271,19 +283,37 @@ impl StageHandler for UserWrite {
                 let Some(username) = text("username") else {
                     return Ok(Step::Deny("The flow did not ask for a username.".into()));
                 };
-                let inactive = cx.config.get("create_users_as_inactive").and_then(Value::as_bool).unwrap_or(false);
-                let groups = cx
+                // The invitation is used up when the account it admits is created (a link
+                // opened twice cannot create two accounts).
+                let invitation = cx.state.data.get(super::enrollment::INVITATION_ID).cloned();
+                if let Some(id) = invitation.and_then(|v| serde_json::from_value::<uuid::Uuid>(v).ok()) {
+                    let now = cx.services.clock.now();
+                    if !cx.services.store.use_invitation(id, now).await.map_err(CoreError::from_store)? {
+                        return Ok(Step::Deny(
+                            "This invitation was used up in the meantime. Ask for a new one.".into(),
+                        ));
+                    }
+                }
+                let fixed = cx.state.data.get(super::enrollment::FIXED_EMAIL).and_then(Value::as_str).map(String::from);
+                let approval =
+                    cx.state.data.get(super::enrollment::REQUIRE_APPROVAL).and_then(Value::as_bool).unwrap_or(false);
+                let inactive =
+                    approval || cx.config.get("create_users_as_inactive").and_then(Value::as_bool).unwrap_or(false);
+                let mut groups: Vec<String> = cx
                     .config
                     .get("create_users_group")
                     .and_then(Value::as_str)
                     .map(|g| vec![g.to_string()])
                     .unwrap_or_default();
+                if let Some(Value::Array(more)) = cx.state.data.get(super::enrollment::GROUPS) {
+                    groups.extend(more.iter().filter_map(Value::as_str).map(String::from));
+                }
                 let user = dir
                     .create_user(
                         UserInput {
                             username,
                             name: text("name"),
-                            email: text("email"),
+                            email: fixed.or_else(|| text("email")),
                             password: text("password"),
                             groups,
                             kind: Some(UserKind::Internal),
@@ -299,6 +329,13 @@ impl StageHandler for UserWrite {
                 }
                 cx.state.pending_login = Some(user.username.clone());
                 cx.state.pending_user = Some(user.id);
+                if inactive && approval {
+                    notify_admins_of_signup(cx, &user).await?;
+                    return Ok(Step::Deny(
+                        "Thanks for signing up! An administrator will review your account; you can log in once it is approved."
+                            .into(),
+                    ));
+                }
             }
         }
         Ok(Step::Next)
@@ -307,4 +344,26 @@ impl StageHandler for UserWrite {
     async fn submit(&self, cx: &mut StageCx<'_>, _answer: &Map<String, Value>) -> Result<Step> {
         self.challenge(cx).await
     }
+}
+
+/// Mails every administrator with an address that a sign-up awaits approval.
+async fn notify_admins_of_signup(cx: &mut StageCx<'_>, user: &crate::model::User) -> Result<()> {
+    let s = cx.services;
+    s.events.record("signup_pending_approval", Some(user), &cx.request.client, json!({})).await;
+    let tree = s.directory.effective_groups(user.id).await?;
+    drop(tree);
+    let admins = s.store.list_users(&crate::model::ListQuery::all()).await.map_err(CoreError::from_store)?.items;
+    for admin in admins {
+        let Some(address) = admin.email.clone().filter(|_| admin.is_active) else { continue };
+        if !s.directory.is_superuser(admin.id).await? {
+            continue;
+        }
+        let message = s.mailer.render(
+            "approval",
+            "A new account awaits approval",
+            &json!({ "user": { "username": user.username, "name": user.name, "email": user.email }, "url": format!("{}/if/admin/", cx.request.origin) }),
+        )?;
+        s.mailer.queue(&s.mailer.compose(&address, message)).await?;
+    }
+    Ok(())
 }

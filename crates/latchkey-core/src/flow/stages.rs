@@ -24,6 +24,7 @@ pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
         Arc::new(super::consent::Consent),
         Arc::new(super::consent::Redirect),
         Arc::new(super::email::Email),
+        Arc::new(super::enrollment::InvitationStage),
     ]
 }
 

@@ -17,8 +17,21 @@ pub enum Backend {
     Postgres,
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so the client side of
+/// some other test's connection cannot take it between this check and the server's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
+        % 12000;
+    let _ = NEXT.compare_exchange(0, seed as u16 + 1, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let candidate = 20000 + NEXT.fetch_add(7, Ordering::SeqCst) % 12000;
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
 }
 
 fn admin_url() -> String {

@@ -4,7 +4,12 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-on_both_backends!(recovery_by_email_round_trip, outbox_survives_an_smtp_outage);
+on_both_backends!(
+    recovery_by_email_round_trip,
+    outbox_survives_an_smtp_outage,
+    invitation_enrollment_round_trip,
+    self_registration_with_domains_approval_and_verification,
+);
 
 fn executor(base: &str, slug: &str) -> String {
     format!("{base}/api/v1/flows/executor/{slug}/")
@@ -134,5 +139,145 @@ async fn outbox_survives_an_smtp_outage(env: Env) {
     }
     let test = env.cli(&["email", "test", "x@example.test"], "");
     assert!(test.status.success() || !String::from_utf8_lossy(&test.stderr).is_empty());
+    server.stop();
+}
+
+fn enroll_url(base: &str, link: &str) -> String {
+    let token = link.split("itoken=").nth(1).expect("itoken in the link").trim().to_string();
+    format!("{}?query=itoken%3D{token}", executor(base, "default-enrollment-flow"))
+}
+
+async fn invitation_enrollment_round_trip(env: Env) {
+    env.cli_ok(&["group", "create", "family"], "");
+    let link =
+        env.cli_ok(&["invitation", "create", "--uses", "1", "--group", "family", "--email", "ivan@example.test"], "");
+    assert!(link.contains("/if/flow/default-enrollment-flow/?itoken="), "{link}");
+    let server = env.start().await;
+    let base = &server.base;
+
+    // Without an invitation, enrollment is closed.
+    let closed = get(&client(), &executor(base, "default-enrollment-flow")).await;
+    assert_eq!(closed["component"], "access_denied", "{closed}");
+    let forged =
+        get(&client(), &format!("{}?query=itoken%3Dnot-a-real-one", executor(base, "default-enrollment-flow"))).await;
+    assert_eq!(forged["component"], "access_denied");
+
+    let c = client();
+    let url = enroll_url(base, &link);
+    let prompt = get(&c, &url).await;
+    assert_eq!(prompt["component"], "prompt", "{prompt}");
+    let email = prompt["fields"].as_array().unwrap().iter().find(|f| f["name"] == "email").unwrap();
+    assert_eq!(email["initial_value"], "ivan@example.test");
+    let answer = executor(base, "default-enrollment-flow");
+    let wrong_email = post(
+        &c,
+        &answer,
+        json!({"username": "ivan", "name": "Ivan", "email": "other@example.test",
+        "password": "Ivan-Strong-Pass-7", "password_repeat": "Ivan-Strong-Pass-7"}),
+    )
+    .await;
+    assert!(wrong_email["errors"]["email"].is_array(), "{wrong_email}");
+    let done = post(
+        &c,
+        &answer,
+        json!({"username": "ivan", "name": "Ivan", "email": "ivan@example.test",
+        "password": "Ivan-Strong-Pass-7", "password_repeat": "Ivan-Strong-Pass-7"}),
+    )
+    .await;
+    assert_eq!(done["component"], "redirect", "{done}");
+    assert_eq!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
+    let shown = env.cli_ok(&["user", "show", "ivan"], "");
+    assert!(shown.contains("family"), "joined the invitation's group: {shown}");
+    // Single use.
+    let again = get(&client(), &url).await;
+    assert_eq!(again["component"], "access_denied", "{again}");
+    assert!(env.cli_ok(&["invitation", "list"], "").contains("1/1"));
+    server.stop();
+}
+
+async fn self_registration_with_domains_approval_and_verification(env: Env) {
+    env.create_user("root", "root-password-1", &["--group", "admins", "--email", "root@example.test"]);
+    let path = env.dir.path().join("open.yaml");
+    std::fs::write(
+        &path,
+        r#"
+stages:
+  - name: default-enrollment-invitation
+    kind: invitation
+    config:
+      allow_without_invitation: true
+      email_domains: [example.test]
+      require_approval: true
+      verify_email: false
+"#,
+    )
+    .unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    let smtp = with_smtp(&env).await;
+    let server = Server::start_with(&env, start_env(&env, &smtp)).await;
+    let base = &server.base;
+    let url = executor(base, "default-enrollment-flow");
+
+    let c = client();
+    assert_eq!(get(&c, &url).await["component"], "prompt");
+    let other_domain = post(
+        &c,
+        &url,
+        json!({"username": "judy", "name": "Judy", "email": "judy@elsewhere.test",
+        "password": "Judy-Strong-Pass-8", "password_repeat": "Judy-Strong-Pass-8"}),
+    )
+    .await;
+    assert!(other_domain["errors"]["email"].is_array(), "{other_domain}");
+    let pending = post(
+        &c,
+        &url,
+        json!({"username": "judy", "name": "Judy", "email": "judy@example.test",
+        "password": "Judy-Strong-Pass-8", "password_repeat": "Judy-Strong-Pass-8"}),
+    )
+    .await;
+    assert_eq!(pending["component"], "access_denied", "{pending}");
+    assert!(pending["error"].as_str().unwrap().contains("approve"), "{pending}");
+    // The admin is told, and the account cannot log in until approved.
+    let mails = smtp.wait_for(1, Duration::from_secs(15)).await;
+    assert!(mails[0].contains("root@example.test") && mails[0].contains("judy"), "{}", mails[0]);
+    assert_eq!(json_login(&client(), base, "judy", "Judy-Strong-Pass-8").await["component"], "identification");
+    env.cli_ok(&["user", "enable", "judy"], "");
+    assert_eq!(json_login(&client(), base, "judy", "Judy-Strong-Pass-8").await["component"], "redirect");
+    server.stop();
+
+    // Email verification on: the account is confirmed from the mailed link.
+    std::fs::write(
+        &path,
+        r#"
+stages:
+  - name: default-enrollment-invitation
+    kind: invitation
+    config:
+      allow_without_invitation: true
+      verify_email: true
+"#,
+    )
+    .unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    let server = Server::start_with(&env, start_env(&env, &smtp)).await;
+    let base = &server.base;
+    let url = executor(base, "default-enrollment-flow");
+    let c = client();
+    let _ = get(&c, &url).await;
+    let check = post(
+        &c,
+        &url,
+        json!({"username": "kim", "name": "Kim", "email": "kim@example.test",
+        "password": "Kim-Strong-Pass-9x", "password_repeat": "Kim-Strong-Pass-9x"}),
+    )
+    .await;
+    assert_eq!(check["component"], "email", "{check}");
+    let mails = smtp.wait_for(2, Duration::from_secs(15)).await;
+    let mail = mails.iter().find(|m| m.contains("kim@example.test")).expect("verification mail");
+    let token = link_in(mail).split("flow_token=").nth(1).unwrap().to_string();
+    let b = client();
+    let done = get(&b, &format!("{}?query=flow_token%3D{token}", executor(base, "default-enrollment-flow"))).await;
+    assert_eq!(done["component"], "redirect", "{done}");
+    assert_eq!(b.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
     server.stop();
 }
