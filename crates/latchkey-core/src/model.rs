@@ -120,6 +120,10 @@ pub enum TokenKind {
     Recovery,
     /// A link mailed by a flow's email stage; continues that flow (`description` names it).
     FlowLink,
+    /// An OAuth2 authorization code (one use, 60 s; `description` holds the grant as JSON).
+    OauthCode,
+    /// An OAuth2 refresh token (rotated on use; `description` holds the grant as JSON).
+    OauthRefresh,
 }
 
 impl TokenKind {
@@ -129,6 +133,8 @@ impl TokenKind {
             TokenKind::Setup => "setup",
             TokenKind::Recovery => "recovery",
             TokenKind::FlowLink => "flow_link",
+            TokenKind::OauthCode => "oauth_code",
+            TokenKind::OauthRefresh => "oauth_refresh",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -137,6 +143,8 @@ impl TokenKind {
             "setup" => Some(TokenKind::Setup),
             "recovery" => Some(TokenKind::Recovery),
             "flow_link" => Some(TokenKind::FlowLink),
+            "oauth_code" => Some(TokenKind::OauthCode),
+            "oauth_refresh" => Some(TokenKind::OauthRefresh),
             _ => None,
         }
     }
@@ -541,4 +549,53 @@ pub struct Invitation {
     pub groups: Vec<String>,
     /// The enrollment flow the link opens.
     pub flow_slug: String,
+}
+
+/// What kind of second factor a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Totp,
+    Static,
+    Webauthn,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Totp => "totp",
+            DeviceKind::Static => "static",
+            DeviceKind::Webauthn => "webauthn",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "totp" => Some(DeviceKind::Totp),
+            "static" => Some(DeviceKind::Static),
+            "webauthn" => Some(DeviceKind::Webauthn),
+            _ => None,
+        }
+    }
+}
+
+/// A user's authenticator: a TOTP app, a set of recovery codes or a security key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthenticatorDevice {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub kind: DeviceKind,
+    pub name: String,
+    /// Encrypted secret (TOTP seed), never shown.
+    #[serde(skip_serializing)]
+    pub secret: Option<String>,
+    /// Kind-specific data (static: hashed codes and used flags).
+    #[serde(skip_serializing)]
+    pub data: Value,
+    /// Set once the user proved the device works; unconfirmed devices are ignored at login.
+    pub confirmed: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// The last accepted TOTP time step (replay protection).
+    #[serde(skip_serializing)]
+    pub last_step: Option<i64>,
 }

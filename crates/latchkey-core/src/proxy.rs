@@ -95,6 +95,13 @@ impl ProxyProvider {
         ok.then_some(url)
     }
 
+    /// Whether a session cookie set by Latchkey on `login_host` also reaches this provider's
+    /// hosts: a domain-mode provider whose `cookie_domain` contains the login host.
+    pub fn shares_cookie_with(&self, login_host: &str) -> bool {
+        Url::parse(&format!("http://{login_host}/"))
+            .is_ok_and(|u| self.mode == ProxyMode::Domain && self.cookie_domain.is_some() && self.covers_host(&u))
+    }
+
     /// `rd` when safe, else the external host (the fallback).
     pub fn target_or_home(&self, rd: Option<&str>) -> Url {
         rd.and_then(|rd| self.safe_target(rd)).unwrap_or_else(|| self.external_host.clone())
@@ -223,26 +230,58 @@ impl Proxy {
     }
 
     async fn load(&self) -> Result<Table> {
-        let providers = self.store.list_providers().await.map_err(CoreError::from_store)?;
-        let apps = self.store.list_applications().await.map_err(CoreError::from_store)?;
-        let outposts = self.store.list_outposts().await.map_err(CoreError::from_store)?;
-        let mut out = Vec::new();
-        for p in providers.into_iter().filter(|p| p.kind == "proxy") {
-            let Some(app) = apps.iter().find(|a| a.provider_id == Some(p.id)) else { continue };
-            match parse_provider(&p.config, p.id, &p.name, app.clone()) {
-                Ok(mut parsed) => {
-                    if let Some(o) = outposts.iter().find(|o| o.provider_ids.contains(&p.id)) {
-                        parsed.outpost = o.name.clone();
-                    }
-                    out.push(Arc::new(parsed));
-                }
-                Err(e) => tracing::warn!(provider = %p.name, error = %e, "proxy provider skipped"),
-            }
-        }
-        let by_id = out.iter().map(|p| (p.id, Arc::clone(p))).collect();
-        Ok(Table { providers: out, by_id })
+        load_table(self.store.as_ref()).await
     }
 
+    /// The cookie domain a session cookie set on `host` (`name[:port]`) should carry so that
+    /// every host of a domain-mode provider receives it: the longest `cookie_domain` of a
+    /// domain-mode provider that contains `host`. `None` when none does (or the table is
+    /// unavailable): the cookie then stays host-only.
+    pub async fn cookie_domain_for(&self, host: &str) -> Option<String> {
+        let url = Url::parse(&format!("http://{host}/")).ok()?;
+        let table = self.table().await.ok()?;
+        table
+            .providers
+            .iter()
+            .filter(|p| p.mode == ProxyMode::Domain && p.covers_host(&url))
+            .filter_map(|p| p.cookie_domain.clone())
+            .max_by_key(String::len)
+    }
+}
+
+/// `target` if it is an absolute URL some proxy provider protects (a host under a
+/// domain-mode provider's `cookie_domain`, or a single-mode provider's own host): the login
+/// flow may then return the browser there. Read from the store, off the hot path.
+pub async fn protected_target(store: &dyn Store, target: &str) -> Result<Option<Url>> {
+    if !(target.starts_with("http://") || target.starts_with("https://")) {
+        return Ok(None);
+    }
+    let table = load_table(store).await?;
+    Ok(table.providers.iter().find_map(|p| p.safe_target(target)))
+}
+
+async fn load_table(store: &dyn Store) -> Result<Table> {
+    let providers = store.list_providers().await.map_err(CoreError::from_store)?;
+    let apps = store.list_applications().await.map_err(CoreError::from_store)?;
+    let outposts = store.list_outposts().await.map_err(CoreError::from_store)?;
+    let mut out = Vec::new();
+    for p in providers.into_iter().filter(|p| p.kind == "proxy") {
+        let Some(app) = apps.iter().find(|a| a.provider_id == Some(p.id)) else { continue };
+        match parse_provider(&p.config, p.id, &p.name, app.clone()) {
+            Ok(mut parsed) => {
+                if let Some(o) = outposts.iter().find(|o| o.provider_ids.contains(&p.id)) {
+                    parsed.outpost = o.name.clone();
+                }
+                out.push(Arc::new(parsed));
+            }
+            Err(e) => tracing::warn!(provider = %p.name, error = %e, "proxy provider skipped"),
+        }
+    }
+    let by_id = out.iter().map(|p| (p.id, Arc::clone(p))).collect();
+    Ok(Table { providers: out, by_id })
+}
+
+impl Proxy {
     /// The provider protecting `url`: a single-mode provider of exactly that host first, else
     /// the domain-mode provider with the longest cookie domain containing the host.
     pub async fn resolve(&self, url: &Url) -> Result<Option<Arc<ProxyProvider>>> {

@@ -232,6 +232,29 @@ pub trait InvitationStore: Send + Sync {
     async fn delete_invitation(&self, id: Uuid) -> StoreResult<()>;
 }
 
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    async fn create_device(&self, device: &AuthenticatorDevice) -> StoreResult<()>;
+    /// The user's devices, oldest first.
+    async fn list_devices(&self, user_id: Uuid) -> StoreResult<Vec<AuthenticatorDevice>>;
+    async fn get_device(&self, id: Uuid) -> StoreResult<Option<AuthenticatorDevice>>;
+    /// Updates name, secret, data, confirmed and last_used_at. `NotFound` if it is gone.
+    async fn update_device(&self, device: &AuthenticatorDevice) -> StoreResult<()>;
+    /// Replaces `data` only if it is still `expected` (single use of static codes); atomic.
+    async fn replace_device_data(
+        &self,
+        id: Uuid,
+        expected: &Value,
+        data: &Value,
+        used_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Returns whether a device was removed.
+    async fn delete_device(&self, id: Uuid) -> StoreResult<bool>;
+    /// Accepts TOTP time step `step` only if it is later than the last accepted one; atomic, so
+    /// a code is never accepted twice.
+    async fn record_totp_step(&self, id: Uuid, step: i64, used_at: DateTime<Utc>) -> StoreResult<bool>;
+}
+
 /// The whole store, as services receive it (`Arc<dyn Store>`).
 #[async_trait]
 pub trait Store:
@@ -248,6 +271,7 @@ pub trait Store:
     + ThrottleStore
     + MailStore
     + InvitationStore
+    + DeviceStore
     + Send
     + Sync
     + 'static

@@ -52,7 +52,7 @@ impl Tokens {
         let prefix = match kind {
             TokenKind::Api => "lk_api_",
             TokenKind::Setup => "",
-            TokenKind::Recovery | TokenKind::FlowLink => "",
+            TokenKind::Recovery | TokenKind::FlowLink | TokenKind::OauthCode | TokenKind::OauthRefresh => "",
         };
         let secret = format!("{prefix}{}", random_secret(32));
         let now = self.clock.now();

@@ -248,6 +248,23 @@ pub(crate) const TABLES: &[Table] = &[
         deferred: &[],
     },
     Table {
+        name: "authenticator_devices",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("user_id", Text),
+            ("kind", Text),
+            ("name", Text),
+            ("secret", Text),
+            ("data", Text),
+            ("confirmed", Bool),
+            ("created_at", Int),
+            ("last_used_at", Int),
+            ("last_step", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
         name: "throttles",
         key: &["key"],
         columns: &[

@@ -14,6 +14,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 2, sql: include_str!("../migrations/sqlite/0002_policies.sql") },
     Migration { version: 3, sql: include_str!("../migrations/sqlite/0003_outbox.sql") },
     Migration { version: 4, sql: include_str!("../migrations/sqlite/0004_invitations.sql") },
+    Migration { version: 5, sql: include_str!("../migrations/sqlite/0005_authenticators.sql") },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -21,6 +22,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 2, sql: include_str!("../migrations/postgres/0002_policies.sql") },
     Migration { version: 3, sql: include_str!("../migrations/postgres/0003_outbox.sql") },
     Migration { version: 4, sql: include_str!("../migrations/postgres/0004_invitations.sql") },
+    Migration { version: 5, sql: include_str!("../migrations/postgres/0005_authenticators.sql") },
 ];
 
 /// Applied to every pooled SQLite connection. `busy_timeout` first, so the one-time switch to WAL

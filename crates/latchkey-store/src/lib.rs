@@ -13,6 +13,7 @@
 
 mod applications;
 mod backup;
+mod devices;
 mod dialect;
 mod error;
 mod feed;

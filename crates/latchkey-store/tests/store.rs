@@ -190,6 +190,7 @@ suite!(
     consent_grants,
     throttles_put_get_list_delete,
     reputation_clamps_and_is_atomic,
+    authenticator_devices_crud_and_replay,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -871,6 +872,10 @@ async fn populate(s: &SqlStore) -> (User, Group, Group) {
     })
     .await
     .unwrap();
+    let mut totp = device(user.id, DeviceKind::Totp, "phone");
+    totp.last_step = Some(42);
+    s.create_device(&totp).await.unwrap();
+    s.create_device(&device(user.id, DeviceKind::Static, "codes")).await.unwrap();
     populate_access(s, &user, &parent, &flow).await;
     (user, parent, child)
 }
@@ -921,8 +926,12 @@ async fn snapshot(s: &SqlStore) -> serde_json::Value {
     let tokens: Vec<_> = s.list_tokens(None).await.unwrap().into_iter().map(|t| json!([t, t.secret_hash])).collect();
     let sessions: Vec<_> = s.list_sessions(None).await.unwrap().into_iter().map(|x| json!([x, x.key_hash])).collect();
     let mut consents = Vec::new();
+    let mut devices = Vec::new();
     for u in &users {
         consents.push(s.list_consents(u.id).await.unwrap());
+        for d in s.list_devices(u.id).await.unwrap() {
+            devices.push(json!([d, d.secret, d.data, d.last_step]));
+        }
     }
     json!({
         "users": user_json,
@@ -944,6 +953,7 @@ async fn snapshot(s: &SqlStore) -> serde_json::Value {
         "throttles": s.list_throttles(t(0)).await.unwrap(),
         "throttle_pam": s.get_throttle("user:pam").await.unwrap(),
         "reputation": s.get_reputation("ip:192.0.2.9").await.unwrap(),
+        "devices": devices,
     })
 }
 
@@ -1584,5 +1594,81 @@ async fn reputation_clamps_and_is_atomic(db: TestDb) {
     two.await.unwrap();
     assert_eq!(s.get_reputation("user:race").await.unwrap().unwrap().score, 100);
     other.close().await;
+    db.store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authenticator devices
+// ---------------------------------------------------------------------------------------------
+
+fn device(user_id: Uuid, kind: DeviceKind, name: &str) -> AuthenticatorDevice {
+    AuthenticatorDevice {
+        id: Uuid::now_v7(),
+        user_id,
+        kind,
+        name: name.into(),
+        secret: Some("sealed-secret".into()),
+        data: json!({"codes": [{"hash": "ab", "used": false}]}),
+        confirmed: false,
+        created_at: t(0),
+        last_used_at: None,
+        last_step: None,
+    }
+}
+
+async fn authenticator_devices_crud_and_replay(db: TestDb) {
+    let s = &db.store;
+    let user = s.create_user(new_user("mfa")).await.unwrap();
+    let other = s.create_user(new_user("other")).await.unwrap();
+    let mut totp = device(user.id, DeviceKind::Totp, "phone");
+    s.create_device(&totp).await.unwrap();
+    let codes = device(user.id, DeviceKind::Static, "codes");
+    s.create_device(&codes).await.unwrap();
+    s.create_device(&device(other.id, DeviceKind::Totp, "theirs")).await.unwrap();
+    let listed = s.list_devices(user.id).await.unwrap();
+    assert_eq!(listed.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["phone", "codes"]);
+    assert_eq!(s.get_device(totp.id).await.unwrap().as_ref(), Some(&totp));
+
+    totp.confirmed = true;
+    totp.name = "pixel".into();
+    totp.last_used_at = Some(t(3));
+    s.update_device(&totp).await.unwrap();
+    let got = s.get_device(totp.id).await.unwrap().unwrap();
+    assert!(got.confirmed);
+    assert_eq!(got.name, "pixel");
+
+    // Replay protection: a step is accepted once, and never one at or before the last.
+    assert!(s.record_totp_step(totp.id, 100, t(5)).await.unwrap());
+    assert!(!s.record_totp_step(totp.id, 100, t(6)).await.unwrap());
+    assert!(!s.record_totp_step(totp.id, 99, t(6)).await.unwrap());
+    assert!(s.record_totp_step(totp.id, 101, t(7)).await.unwrap());
+    let got = s.get_device(totp.id).await.unwrap().unwrap();
+    assert_eq!((got.last_step, got.last_used_at), (Some(101), Some(t(7))));
+    // Concurrent uses of one step: exactly one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s2 = s.clone();
+        let id = totp.id;
+        tasks.push(tokio::spawn(async move { s2.record_totp_step(id, 200, t(8)).await.unwrap() }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+
+    // Static codes: compare-and-swap on the data.
+    let used = json!({"codes": [{"hash": "ab", "used": true}]});
+    assert!(s.replace_device_data(codes.id, &codes.data, &used, t(9)).await.unwrap());
+    assert!(!s.replace_device_data(codes.id, &codes.data, &used, t(9)).await.unwrap());
+    assert_eq!(s.get_device(codes.id).await.unwrap().unwrap().data, used);
+
+    assert!(s.delete_device(codes.id).await.unwrap());
+    assert!(!s.delete_device(codes.id).await.unwrap());
+    assert!(matches!(s.update_device(&codes).await, Err(StoreError::NotFound(_))));
+    // Devices go with their user.
+    s.delete_user(user.id).await.unwrap();
+    assert!(s.get_device(totp.id).await.unwrap().is_none());
+    assert_eq!(s.list_devices(other.id).await.unwrap().len(), 1);
     db.store.close().await;
 }

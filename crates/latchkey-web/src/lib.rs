@@ -1,6 +1,7 @@
 //! Latchkey's HTTP adapter: thin handlers that translate HTTP to calls on the core.
 //! One router per area, merged in [`router`].
 
+pub mod authelia;
 pub mod error;
 pub mod flows;
 pub mod health;
@@ -48,7 +49,8 @@ fn flow_routes() -> Router<AppState> {
 fn portal_routes() -> Router<AppState> {
     let r = Router::new().route("/", get(user::root));
     let r = both(r, "/if/user/", get(user::portal));
-    both(r, "/recovery/use-token/{token}/", get(recovery::confirm).post(recovery::redeem))
+    let r = both(r, "/recovery/use-token/{token}/", get(recovery::confirm).post(recovery::redeem));
+    both(r, "/if/user/confirm-email/{token}/", get(recovery::email_confirm_page).post(recovery::email_confirm))
 }
 
 fn health_routes() -> Router<AppState> {
@@ -71,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(portal_routes())
         .merge(health_routes())
         .merge(outpost::routes())
+        .merge(authelia::routes())
         .route("/static/style.css", get(stylesheet))
         .fallback(flows::fallback)
         .layer(axum::middleware::from_fn(metrics::middleware))

@@ -74,7 +74,7 @@ async fn jwks(State(state): State<AppState>) -> WebResult<Response> {
 }
 
 /// A forwarded header as text: absent is `Ok(None)`; unreadable or oversized is a 400 naming it.
-fn forwarded<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<Option<&'a str>> {
+pub(crate) fn forwarded<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<Option<&'a str>> {
     let Some(v) = headers.get(name) else { return Ok(None) };
     if v.len() > MAX_HEADER {
         tracing::warn!(header = name, "forward auth: header too long");
@@ -90,14 +90,14 @@ fn forwarded<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<Option<&'a str
     }
 }
 
-fn required<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<&'a str> {
+pub(crate) fn required<'a>(headers: &'a HeaderMap, name: &str) -> WebResult<&'a str> {
     forwarded(headers, name)?.ok_or_else(|| {
         tracing::warn!(header = name, "forward auth: header missing; is the proxy configured as documented?");
         WebError::bad_request(format!("The {name} header is missing; the proxy must send it."))
     })
 }
 
-fn parse_url(raw: &str, header: &str) -> WebResult<Url> {
+pub(crate) fn parse_url(raw: &str, header: &str) -> WebResult<Url> {
     Url::parse(raw).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some()).ok_or_else(|| {
         tracing::warn!(header, "forward auth: not a usable URL");
         WebError::bad_request(format!("The {header} header does not give a valid http(s) URL."))
@@ -105,7 +105,7 @@ fn parse_url(raw: &str, header: &str) -> WebResult<Url> {
 }
 
 /// The original URL from Caddy's / Traefik's headers.
-fn caddy_target(headers: &HeaderMap) -> WebResult<Url> {
+pub(crate) fn caddy_target(headers: &HeaderMap) -> WebResult<Url> {
     let proto = required(headers, "X-Forwarded-Proto")?;
     let host = required(headers, "X-Forwarded-Host")?;
     let uri = required(headers, "X-Forwarded-Uri")?;
@@ -144,7 +144,7 @@ fn nginx_target(headers: &HeaderMap) -> WebResult<Url> {
 /// Where Latchkey's own pages are reached: the configured external URL; else, in domain mode,
 /// the provider's external host (authentik's outpost host is the auth host there); else this
 /// request's origin.
-fn login_base(state: &AppState, provider: &ProxyProvider, caller: &Caller) -> String {
+pub(crate) fn login_base(state: &AppState, provider: &ProxyProvider, caller: &Caller) -> String {
     if let Some(url) = &state.config.external_url {
         return url.origin().ascii_serialization();
     }
@@ -154,11 +154,11 @@ fn login_base(state: &AppState, provider: &ProxyProvider, caller: &Caller) -> St
     caller.origin.clone()
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     // Names may be UTF-8 (sent as opaque bytes); control characters never are allowed.
     HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -181,7 +181,15 @@ async fn auth_nginx(State(state): State<AppState>, caller: Caller, headers: Head
     check(&state, &caller, target, method, true).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn check(state: &AppState, caller: &Caller, target: Url, method: String, nginx: bool) -> WebResult<Response> {
+/// The provider protecting `target` and its decision for this caller, from either of the
+/// session cookies (the proxy's own, or Latchkey's when it reaches the host). Shared by the
+/// authentik-compatible and the Authelia-compatible endpoints.
+pub(crate) async fn verdict(
+    state: &AppState,
+    caller: &Caller,
+    target: &Url,
+    method: String,
+) -> WebResult<(Arc<ProxyProvider>, Verdict)> {
     let Some(provider) = state.core.proxy.resolve(&target).await? else {
         tracing::warn!(host = target.host_str().unwrap_or(""), "forward auth: no proxy provider for this host");
         return Err(WebError::not_found(format!(
@@ -201,7 +209,24 @@ async fn check(state: &AppState, caller: &Caller, target: Url, method: String, n
         client_ip: caller.ip.map(|ip| ip.to_string()),
         user_agent: caller.user_agent.clone(),
     };
-    match state.core.proxy.decide(&provider, &req, &cookies).await? {
+    let verdict = state.core.proxy.decide(&provider, &req, &cookies).await?;
+    Ok((provider, verdict))
+}
+
+/// The text of a 403 for a user the application's policies refuse.
+pub(crate) fn denial(provider: &ProxyProvider, session: &ActiveSession, messages: &[String]) -> WebError {
+    tracing::info!(user = %session.user.username, app = %provider.app.slug, "forward auth: denied by policy");
+    let mut text = format!("You do not have access to {}.", provider.app.name);
+    for m in messages.iter().filter(|m| !m.is_empty()) {
+        text.push(' ');
+        text.push_str(m);
+    }
+    WebError::forbidden(text)
+}
+
+async fn check(state: &AppState, caller: &Caller, target: Url, method: String, nginx: bool) -> WebResult<Response> {
+    let (provider, verdict) = verdict(state, caller, &target, method).await?;
+    match verdict {
         Verdict::Anonymous => {
             // Empty identity headers: a proxy copying them overwrites anything the client forged.
             let mut out = StatusCode::OK.into_response();
@@ -218,15 +243,7 @@ async fn check(state: &AppState, caller: &Caller, target: Url, method: String, n
             let base = login_base(state, &provider, caller);
             Ok(found(&format!("{base}{PREFIX}/start?state={}", encode(&sealed))))
         }
-        Verdict::Denied { session, messages } => {
-            tracing::info!(user = %session.user.username, app = %provider.app.slug, "forward auth: denied by policy");
-            let mut text = format!("You do not have access to {}.", provider.app.name);
-            for m in messages.iter().filter(|m| !m.is_empty()) {
-                text.push(' ');
-                text.push_str(m);
-            }
-            Err(WebError::forbidden(text))
-        }
+        Verdict::Denied { session, messages } => Err(denial(&provider, &session, &messages)),
         Verdict::Allowed(session) => identity(state, caller, &provider, &session).await,
     }
 }

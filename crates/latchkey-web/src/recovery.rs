@@ -36,20 +36,70 @@ pub async fn confirm(State(state): State<AppState>, caller: Caller, Path(token):
     Ok((jar, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
 }
 
+const EMAIL_LINK_INVALID: &str =
+    "This confirmation link is invalid, expired or already used. Change your email again to get a new one.";
+
+/// `/if/user/confirm-email/<token>/`: showing the page changes nothing; the button does.
+pub async fn email_confirm_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> WebResult<Response> {
+    let services = state.core.flows.services();
+    let Some((_, user, email)) = latchkey_core::flow::email::pending_email_change(services, &token).await? else {
+        return Err(WebError::not_found(EMAIL_LINK_INVALID));
+    };
+    let (flow_cookie, jar) = caller.flow_cookie();
+    let page = state.render(
+        "confirm_email.html",
+        minijinja::context! {
+            username => user.username,
+            email => email,
+            action => format!("/if/user/confirm-email/{token}/"),
+            csrf_token => state.core.keys.csrf.sign(flow_cookie.as_bytes()),
+        },
+    )?;
+    Ok((jar, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
+}
+
+pub async fn email_confirm(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> WebResult<Response> {
+    check_form_csrf(&state, &caller, &body)?;
+    let services = state.core.flows.services();
+    let Some(user) = latchkey_core::flow::email::confirm_email_change(services, &token, &caller.client()).await? else {
+        return Err(WebError::not_found(EMAIL_LINK_INVALID));
+    };
+    let page = state.render(
+        "confirm_email.html",
+        minijinja::context! { done => true, email => user.email, username => user.username },
+    )?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response())
+}
+
+/// Refuses a form POST whose CSRF token is not bound to this browser's flow cookie.
+fn check_form_csrf(state: &AppState, caller: &Caller, body: &[u8]) -> WebResult<()> {
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let token = form.get("csrf_token").map(String::as_str).unwrap_or("");
+    let ok = caller.jar.get(FLOW_COOKIE).is_some_and(|c| state.core.keys.csrf.verify(c.value().as_bytes(), token));
+    if ok {
+        Ok(())
+    } else {
+        Err(WebError::forbidden("The form expired or did not come from this site (CSRF check failed)."))
+    }
+}
+
 pub async fn redeem(
     State(state): State<AppState>,
     caller: Caller,
     Path(token): Path<String>,
     body: Bytes,
 ) -> WebResult<Response> {
+    check_form_csrf(&state, &caller, &body)?;
     let core = &state.core;
-    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let csrf_ok = caller.jar.get(FLOW_COOKIE).is_some_and(|c| {
-        core.keys.csrf.verify(c.value().as_bytes(), form.get("csrf_token").map(String::as_str).unwrap_or(""))
-    });
-    if !csrf_ok {
-        return Err(WebError::forbidden("The form expired or did not come from this site (CSRF check failed)."));
-    }
     let Some(found) = core.tokens.find(TokenKind::Recovery, &token).await? else {
         return Err(WebError::not_found(INVALID));
     };

@@ -36,6 +36,9 @@ pub struct Caller {
     pub host: Option<String>,
     pub path: String,
     pub method: String,
+    /// Domain for the session cookie: set when this host lies under a domain-mode proxy
+    /// provider's `cookie_domain`, so the protected hosts receive the session too.
+    pub cookie_domain: Option<String>,
 }
 
 impl Caller {
@@ -66,6 +69,11 @@ impl Caller {
         c.set_same_site(SameSite::Lax);
         c.set_secure(self.https);
         c.set_path("/");
+        if name == SESSION_COOKIE {
+            if let Some(d) = &self.cookie_domain {
+                c.set_domain(d.clone());
+            }
+        }
         c
     }
 
@@ -155,7 +163,12 @@ impl FromRequestParts<AppState> for Caller {
             Some(c) => state.core.sessions.validate(c.value()).await?,
             None => None,
         };
+        let cookie_domain = match &host {
+            Some(h) => state.core.proxy.cookie_domain_for(h).await,
+            None => None,
+        };
         Ok(Caller {
+            cookie_domain,
             ip,
             user_agent: header_str(&parts.headers, header::USER_AGENT.as_str()).map(|s| s.chars().take(512).collect()),
             https: https || state.config.external_url.as_ref().is_some_and(|u| u.scheme() == "https"),

@@ -12,6 +12,8 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("error.html", include_str!("../templates/error.html")),
     ("user.html", include_str!("../templates/user.html")),
     ("recovery.html", include_str!("../templates/recovery.html")),
+    ("confirm_email.html", include_str!("../templates/confirm_email.html")),
+    ("email/email_change.txt", include_str!("../templates/email/email_change.txt")),
     ("stages/identification.html", include_str!("../templates/stages/identification.html")),
     ("stages/password.html", include_str!("../templates/stages/password.html")),
     ("stages/prompt.html", include_str!("../templates/stages/prompt.html")),

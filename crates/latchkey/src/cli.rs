@@ -28,6 +28,8 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         expires: std::time::Duration,
     },
+    /// Mail a user a password-reset link (the recovery flow's email, sent by the running server).
+    RecoveryEmail { username: String },
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),

@@ -53,6 +53,28 @@ pub async fn recovery_link(app: &App, username: &str, expires: Duration) -> anyh
     Ok(())
 }
 
+pub async fn recovery_email(app: &App, username: &str) -> anyhow::Result<()> {
+    use latchkey_core::flow::email::{mail_flow_link, LinkMail};
+    let user = app.core.directory.require_user(username).await.map_err(core_err)?;
+    let Some(address) = user.email.clone() else { bail!("{username} has no email address") };
+    if !user.is_active {
+        bail!("{username} is disabled; enable the account first");
+    }
+    let base = app.base_url();
+    let link = LinkMail {
+        flow_slug: "default-recovery-flow",
+        origin: &base,
+        template: "recovery",
+        subject: "Reset your password",
+        valid_for: chrono::Duration::minutes(30),
+        // An administrator's request is not rate-limited like self-service ones.
+        max_per_hour: u64::MAX,
+    };
+    mail_flow_link(app.core.flows.services(), &user, &link, &ClientInfo::cli()).await.map_err(core_err)?;
+    println!("queued a password-reset email to {address}; the running server sends it");
+    Ok(())
+}
+
 pub async fn user(app: &App, command: UserCommand) -> anyhow::Result<()> {
     let dir = &app.core.directory;
     let cli = ClientInfo::cli();

@@ -105,6 +105,7 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
             let result = match other {
                 Command::SetupLink => commands::setup_link(&app).await,
                 Command::RecoveryLink { username, expires } => commands::recovery_link(&app, &username, expires).await,
+                Command::RecoveryEmail { username } => commands::recovery_email(&app, &username).await,
                 Command::User(c) => commands::user(&app, c).await,
                 Command::Group(c) => commands::group(&app, c).await,
                 Command::Token(c) => commands::token(&app, c).await,

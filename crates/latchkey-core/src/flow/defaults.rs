@@ -80,7 +80,11 @@ fn default_flows() -> Vec<DefaultFlow> {
                         { "name": "email", "label": "Email", "type": "email", "required": true },
                     ], "primary_action": "Save" }),
                 ),
-                ("default-user-settings-write", "user_write", json!({ "user_creation_mode": "never_create" })),
+                (
+                    "default-user-settings-write",
+                    "user_write",
+                    json!({ "user_creation_mode": "never_create", "confirm_email_change": true }),
+                ),
             ],
         },
         DefaultFlow {

@@ -38,6 +38,14 @@ use crate::tokens::Tokens;
 /// Where a browser goes after a flow that named no `next`.
 pub const USER_HOME: &str = "/if/user/";
 pub const LOGIN_FLOW: &str = "default-authentication-flow";
+/// Query key: whoever starts a flow with `?completion=<random>` can later check that this
+/// flow ran to its end (OAuth authorization: only then is a code issued). See [`completion_key`].
+pub const COMPLETION: &str = "completion";
+
+/// Where the receipt of a completed flow started with `?completion=<value>` is kept.
+pub fn completion_key(value: &str) -> String {
+    format!("completion:{}", crate::keys::hash_secret(value))
+}
 /// Unfinished flows are forgotten after this long.
 const FLOW_STATE_TTL: Duration = Duration::minutes(30);
 
@@ -375,7 +383,16 @@ impl FlowEngine {
     /// Builds a fresh plan for `flow`: the flow's policies decide whether it runs at all, each
     /// stage binding's policies whether its stage is in the plan.
     async fn plan(&self, flow: &Flow, query: BTreeMap<String, String>, req: &RequestInfo) -> Result<Planned> {
-        let next = query.get("next").and_then(|n| safe_next(n, &req.origin));
+        let next = match query.get("next") {
+            Some(n) => match safe_next(n, &req.origin) {
+                Some(next) => Some(next),
+                // Forward auth: back to the protected app the login was started from.
+                None => {
+                    crate::proxy::protected_target(self.services.store.as_ref(), n.trim()).await?.map(|u| u.to_string())
+                }
+            },
+            None => None,
+        };
         let session_user = req.session.as_ref().map(|s| (s.user.id, s.user.username.clone()));
         let (pending_user, pending_login) = match flow.designation {
             FlowDesignation::Authentication | FlowDesignation::Enrollment | FlowDesignation::Recovery => (None, None),
@@ -400,6 +417,10 @@ impl FlowEngine {
         };
         if let Some(app) = &application {
             state.data.insert(consent::APPLICATION.into(), json!(app.slug));
+            // The permissions (scopes) asked for, space-separated as OAuth writes them.
+            if let Some(p) = state.query.get(consent::PERMISSIONS) {
+                state.data.insert(consent::PERMISSIONS.into(), json!(p.split_whitespace().collect::<Vec<_>>()));
+            }
         }
         let preq = policy_request(&self.services, &state, req).await?;
         let decision =
@@ -591,6 +612,15 @@ impl FlowEngine {
                         let challenge = with_flow_info(Challenge::access_denied("This link was already used."), &state);
                         return Ok(FlowResponse { challenge, effects, malformed: false });
                     }
+                }
+                if let Some(value) = state.query.get(COMPLETION) {
+                    let user = state.pending_user.or(req.session.as_ref().map(|s| s.user.id));
+                    let receipt = FlowStateRecord {
+                        key: completion_key(value),
+                        data: json!({ "flow": state.flow_slug, "user": user, "application": state.data.get(consent::APPLICATION) }),
+                        expires_at: self.services.clock.now() + Duration::minutes(5),
+                    };
+                    self.services.store.put_flow_state(&receipt).await.map_err(store_err)?;
                 }
                 let to = state.next.clone().unwrap_or_else(|| default_target(state.designation));
                 return Ok(FlowResponse { challenge: Challenge::redirect(&to), effects, malformed: false });

@@ -260,7 +260,14 @@ impl StageHandler for UserWrite {
                     user.name = n;
                 }
                 if let Some(e) = text("email") {
-                    user.email = Some(e);
+                    let changed = user.email.as_deref().map(str::to_lowercase) != Some(e.to_lowercase());
+                    let confirm = cx.config.get("confirm_email_change").and_then(Value::as_bool).unwrap_or(false);
+                    if changed && confirm {
+                        // The new address must prove it reads its mail before it replaces the old one.
+                        super::email::request_email_change(cx.services, &user, &e, &cx.request.origin, &client).await?;
+                    } else {
+                        user.email = Some(e);
+                    }
                 }
                 if let Value::Object(current) = &mut user.attributes {
                     current.extend(attributes);

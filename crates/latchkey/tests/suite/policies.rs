@@ -222,7 +222,37 @@ async fn user_settings_and_password_change_validate_and_write(env: Env) {
             .await;
     assert_eq!(done["component"], "redirect", "{done}");
     let shown = env.cli_ok(&["user", "show", "erin"], "");
-    assert!(shown.contains("Erin Example") && shown.contains("erin@new.example.test"), "{shown}");
+    assert!(shown.contains("Erin Example"), "{shown}");
+    // A new address must be confirmed from the link mailed to it (logged: no SMTP host here).
+    assert!(shown.contains("erin@example.test"), "unchanged until confirmed: {shown}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let link = loop {
+        let log = server.log_text();
+        if let Some(i) = log.find("/if/user/confirm-email/") {
+            let start = log[..i].rfind("http").unwrap();
+            break log[start..]
+                .split(|c: char| c.is_whitespace() || c == '"')
+                .next()
+                .unwrap()
+                .trim_end_matches('\\')
+                .to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no confirmation mail logged");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let link = link.split("\\n").next().unwrap().to_string();
+    let page = c.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{link}");
+    let html = page.text().await.unwrap();
+    let csrf = html.split("name=\"csrf_token\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    assert!(
+        env.cli_ok(&["user", "show", "erin"], "").contains("erin@example.test"),
+        "showing the page changes nothing"
+    );
+    let done = c.post(&link).form(&[("csrf_token", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(env.cli_ok(&["user", "show", "erin"], "").contains("erin@new.example.test"));
+    assert_eq!(c.post(&link).form(&[("csrf_token", csrf.as_str())]).send().await.unwrap().status(), 404, "single use");
 
     let change = executor(base, "default-password-change");
     assert_eq!(get(&c, &change).await["component"], "password");

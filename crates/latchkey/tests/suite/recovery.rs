@@ -9,6 +9,7 @@ on_both_backends!(
     outbox_survives_an_smtp_outage,
     invitation_enrollment_round_trip,
     self_registration_with_domains_approval_and_verification,
+    recovery_links_expire_and_admins_can_send_them,
 );
 
 fn executor(base: &str, slug: &str) -> String {
@@ -279,5 +280,42 @@ stages:
     let done = get(&b, &format!("{}?query=flow_token%3D{token}", executor(base, "default-enrollment-flow"))).await;
     assert_eq!(done["component"], "redirect", "{done}");
     assert_eq!(b.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
+    server.stop();
+}
+
+async fn recovery_links_expire_and_admins_can_send_them(env: Env) {
+    env.create_user("lena", "lena-password-1", &["--email", "lena@example.test"]);
+    let path = env.dir.path().join("short.yaml");
+    std::fs::write(
+        &path,
+        r#"
+stages:
+  - name: default-recovery-email
+    kind: email
+    config:
+      template: recovery
+      subject: Reset your password
+      token_expiry_seconds: 2
+"#,
+    )
+    .unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    let smtp = with_smtp(&env).await;
+    let server = Server::start_with(&env, start_env(&env, &smtp)).await;
+    let base = &server.base;
+    assert_eq!(request_reset(base, "lena").await["component"], "email");
+    let mails = smtp.wait_for(1, Duration::from_secs(15)).await;
+    let token = link_in(&mails[0]).split("flow_token=").nth(1).unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let expired =
+        get(&client(), &format!("{}?query=flow_token%3D{token}", executor(base, "default-recovery-flow"))).await;
+    assert_eq!(expired["component"], "access_denied", "{expired}");
+    assert!(expired["error"].as_str().unwrap().contains("Start again"));
+
+    // An administrator sends one from the CLI; the running server delivers it.
+    let out = env.cli_ok(&["recovery-email", "lena"], "");
+    assert!(out.contains("lena@example.test"), "{out}");
+    let mails = smtp.wait_for(2, Duration::from_secs(15)).await;
+    assert!(mails.iter().filter(|m| m.contains("flow_token=")).count() >= 2);
     server.stop();
 }
