@@ -13,6 +13,7 @@ pub mod keys;
 pub mod mail;
 pub mod mfa;
 pub mod model;
+pub mod oauth;
 pub mod password;
 pub mod policy;
 pub mod proxy;
@@ -83,6 +84,8 @@ pub struct Core {
     pub proxy: proxy::Proxy,
     /// The token signing key (forward-auth JWTs, OIDC).
     pub signing: signing::Signing,
+    /// OAuth 2 / OpenID Connect provider.
+    pub oauth: oauth::OAuth,
     /// Second factors: TOTP, recovery codes.
     pub mfa: mfa::Mfa,
 }
@@ -121,6 +124,7 @@ impl Core {
             keys.encryption.clone(),
         );
         let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone());
+        let oauth = oauth::OAuth::new(Arc::clone(&store), Arc::clone(&clock), signing.clone(), groups.clone());
         let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
         let mfa = mfa::Mfa::new(Arc::clone(&store), Arc::clone(&clock), events.clone(), &keys.encryption)?;
         let flows = FlowEngine::new(FlowServices {
@@ -150,6 +154,7 @@ impl Core {
             flows,
             proxy,
             signing,
+            oauth,
             mfa,
         }))
     }

@@ -314,7 +314,9 @@ impl Mfa {
         };
         let Some(entry) = codes.iter_mut().find(|c| {
             c.get("used").and_then(Value::as_bool) == Some(false)
-                && c.get("hash").and_then(Value::as_str).is_some_and(|h| bool::from(h.as_bytes().ct_eq(wanted.as_bytes())))
+                && c.get("hash")
+                    .and_then(Value::as_str)
+                    .is_some_and(|h| bool::from(h.as_bytes().ct_eq(wanted.as_bytes())))
         }) else {
             return Ok(false);
         };

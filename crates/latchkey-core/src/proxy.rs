@@ -486,5 +486,7 @@ mod tests {
         assert!(domain.safe_target("https://badexample.test/").is_none());
         assert!(domain.safe_target("https://example.test.evil/").is_none());
         assert!(domain.skips("/api/health") && domain.skips("/public/a") && !domain.skips("/api/healthz"));
+        assert!(domain.shares_cookie_with("auth.example.test:443") && domain.shares_cookie_with("example.test"));
+        assert!(!domain.shares_cookie_with("auth.other.test") && !single.shares_cookie_with("app.test:8080"));
     }
 }

@@ -7,6 +7,7 @@ pub mod flows;
 pub mod health;
 pub mod meta;
 pub mod metrics;
+pub mod oidc;
 pub mod outpost;
 pub mod recovery;
 pub mod request;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(portal_routes())
         .merge(health_routes())
         .merge(outpost::routes())
+        .merge(oidc::routes())
         .merge(authelia::routes())
         .route("/static/style.css", get(stylesheet))
         .fallback(flows::fallback)

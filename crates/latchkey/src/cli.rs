@@ -111,6 +111,17 @@ pub enum UserCommand {
     Enable { username: String },
     /// Delete a user, their memberships, sessions and tokens.
     Delete { username: String },
+    /// A user's two-factor devices.
+    #[command(subcommand)]
+    Mfa(UserMfaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserMfaCommand {
+    /// List a user's authenticator devices.
+    List { username: String },
+    /// Remove one of a user's authenticator devices (e.g. a lost phone).
+    Remove { username: String, device_id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -139,6 +139,7 @@ pub async fn user(app: &App, command: UserCommand) -> anyhow::Result<()> {
             let user = dir.delete_user(&username, &cli).await.map_err(core_err)?;
             println!("deleted {}", user.username);
         }
+        UserCommand::Mfa(command) => crate::mfa_commands::run(app, command).await?,
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod config;
 mod listen;
 mod logging;
 mod mailer;
+mod mfa_commands;
 mod serve;
 mod tls;
 

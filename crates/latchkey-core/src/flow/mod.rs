@@ -5,6 +5,7 @@
 //! request description and an answer, and render the [`Challenge`] it returns. Stages are
 //! [`StageHandler`]s looked up by kind, so features add stages without touching the engine.
 
+pub mod authenticator;
 pub mod consent;
 pub mod defaults;
 pub mod email;

@@ -25,6 +25,9 @@ pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
         Arc::new(super::consent::Redirect),
         Arc::new(super::email::Email),
         Arc::new(super::enrollment::InvitationStage),
+        Arc::new(super::authenticator::AuthenticatorTotp),
+        Arc::new(super::authenticator::AuthenticatorStatic),
+        Arc::new(super::authenticator::AuthenticatorValidate),
     ]
 }
 

@@ -144,7 +144,11 @@ impl Client {
             alg,
             sub_mode: s("sub_mode").unwrap_or_else(|| "user_id".into()),
             scopes,
-            access_token_validity: c.get("access_token_validity").and_then(Value::as_i64).filter(|v| *v > 0).unwrap_or(300),
+            access_token_validity: c
+                .get("access_token_validity")
+                .and_then(Value::as_i64)
+                .filter(|v| *v > 0)
+                .unwrap_or(300),
             refresh_token_validity: c
                 .get("refresh_token_validity")
                 .and_then(Value::as_i64)
@@ -246,7 +250,11 @@ fn valid_pkce_value(v: &str) -> bool {
 }
 
 /// Checks an authorization request's `code_challenge`/`code_challenge_method`.
-pub fn check_pkce(client: &Client, challenge: Option<&str>, method: Option<&str>) -> std::result::Result<(), OAuthError> {
+pub fn check_pkce(
+    client: &Client,
+    challenge: Option<&str>,
+    method: Option<&str>,
+) -> std::result::Result<(), OAuthError> {
     match (challenge, method) {
         (None, None) if client.client_type == ClientType::Public => {
             Err(OAuthError::invalid_request("A public client must use PKCE (code_challenge with S256)."))
@@ -255,7 +263,9 @@ pub fn check_pkce(client: &Client, challenge: Option<&str>, method: Option<&str>
         (None, Some(_)) => Err(OAuthError::invalid_request("code_challenge_method without code_challenge.")),
         (Some(c), Some("S256")) if valid_pkce_value(c) => Ok(()),
         (Some(_), Some("S256")) => Err(OAuthError::invalid_request("The code_challenge is malformed.")),
-        (Some(_), _) => Err(OAuthError::invalid_request("Only the S256 code_challenge_method is supported; plain is refused.")),
+        (Some(_), _) => {
+            Err(OAuthError::invalid_request("Only the S256 code_challenge_method is supported; plain is refused."))
+        }
     }
 }
 
@@ -379,8 +389,7 @@ impl OAuth {
         }
         let now = self.clock.now();
         let hash = hash_secret(code);
-        let found =
-            self.store.find_token(TokenKind::OauthCode, &hash, now).await.map_err(CoreError::from_store)?;
+        let found = self.store.find_token(TokenKind::OauthCode, &hash, now).await.map_err(CoreError::from_store)?;
         let Some(token) = found else {
             // A code used twice: whatever was issued from it is revoked.
             if let Some(used) = self.find_any(TokenKind::OauthCode, code).await? {
@@ -393,8 +402,8 @@ impl OAuth {
             }
             return Err(OAuthError::invalid_grant("The code is invalid, expired or already used.").into());
         };
-        let grant: Grant = serde_json::from_str(&token.description)
-            .map_err(|_| OAuthError::invalid_grant("The code is invalid."))?;
+        let grant: Grant =
+            serde_json::from_str(&token.description).map_err(|_| OAuthError::invalid_grant("The code is invalid."))?;
         if grant.client_id != client.client_id {
             return Err(OAuthError::invalid_grant("The code was issued to another client.").into());
         }
@@ -404,7 +413,9 @@ impl OAuth {
         match (&grant.code_challenge, verifier) {
             (Some(challenge), Some(v)) => {
                 if !valid_pkce_value(v) || s256(v).as_bytes().ct_eq(challenge.as_bytes()).unwrap_u8() == 0 {
-                    return Err(OAuthError::invalid_grant("The code_verifier does not match the code_challenge.").into());
+                    return Err(
+                        OAuthError::invalid_grant("The code_verifier does not match the code_challenge.").into()
+                    );
                 }
             }
             (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is missing.").into()),
@@ -504,7 +515,8 @@ impl OAuth {
         }
         if has("email") {
             c.insert("email".into(), json!(user.email));
-            let verified = user.attributes.get("email_verified").and_then(Value::as_bool).unwrap_or(user.email.is_some());
+            let verified =
+                user.attributes.get("email_verified").and_then(Value::as_bool).unwrap_or(user.email.is_some());
             c.insert("email_verified".into(), json!(verified));
         }
         if has("groups") {
@@ -514,7 +526,13 @@ impl OAuth {
         Ok(c)
     }
 
-    async fn tokens_for(&self, client: &Client, user: &User, grant: &Grant, id_token: bool) -> GrantResult<TokenResponse> {
+    async fn tokens_for(
+        &self,
+        client: &Client,
+        user: &User,
+        grant: &Grant,
+        id_token: bool,
+    ) -> GrantResult<TokenResponse> {
         let now = self.clock.now().timestamp();
         let exp = now + client.access_token_validity;
         let claims = self.user_claims(client, user, &grant.scopes).await?;

@@ -373,26 +373,32 @@ pub struct SmtpServer {
     pub port: u16,
     pub maildir: PathBuf,
     child: Option<Child>,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl SmtpServer {
     pub async fn start(maildir: &Path) -> SmtpServer {
-        let mut s = SmtpServer { port: free_port(), maildir: maildir.to_path_buf(), child: None };
+        let mut s = SmtpServer { port: free_port(), maildir: maildir.to_path_buf(), child: None, tls: None };
+        s.resume().await;
+        s
+    }
+
+    /// With STARTTLS offered, using this certificate and key (PEM files).
+    pub async fn start_tls(maildir: &Path, cert: &Path, key: &Path) -> SmtpServer {
+        let tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        let mut s = SmtpServer { port: free_port(), maildir: maildir.to_path_buf(), child: None, tls };
         s.resume().await;
         s
     }
 
     pub async fn resume(&mut self) {
-        let child = Command::new(python())
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{}", self.port),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port)]);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+        }
+        let child = cmd
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&self.maildir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

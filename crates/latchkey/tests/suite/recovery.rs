@@ -11,6 +11,7 @@ on_both_backends!(
     self_registration_with_domains_approval_and_verification,
     recovery_links_expire_and_admins_can_send_them,
     invitation_in_a_real_browser,
+    starttls_with_a_self_signed_certificate,
 );
 
 fn executor(base: &str, slug: &str) -> String {
@@ -345,4 +346,33 @@ async fn invitation_in_a_real_browser(env: Env) {
     );
     assert!(env.cli_ok(&["user", "show", "mallory"], "").contains("mallory@example.test"));
     server.stop();
+}
+
+/// STARTTLS against aiosmtpd with a self-signed certificate: trusted when the system trust
+/// store (here `SSL_CERT_FILE`) holds it, refused with one clear sentence when not.
+async fn starttls_with_a_self_signed_certificate(env: Env) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = env.dir.path().join("smtp-cert.pem");
+    let key = env.dir.path().join("smtp-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let smtp = SmtpServer::start_tls(&env.dir.path().join("tls-maildir"), &cert, &key).await;
+    let send = |trust: &std::path::Path| {
+        let mut cmd = env.command(&["email", "test", "tls@example.test"]);
+        cmd.env("LATCHKEY_EMAIL__HOST", "localhost")
+            .env("LATCHKEY_EMAIL__PORT", smtp.port.to_string())
+            .env("LATCHKEY_EMAIL__USE_TLS", "true")
+            .env("LATCHKEY_EMAIL__FROM", "Latchkey <latchkey@example.test>")
+            .env("SSL_CERT_FILE", trust)
+            .output()
+            .unwrap()
+    };
+    let ok = send(&cert);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let mails = smtp.wait_for(1, Duration::from_secs(10)).await;
+    assert!(mails[0].contains("tls@example.test"));
+    let untrusted = send(std::path::Path::new("/nonexistent-ca.pem"));
+    assert!(!untrusted.status.success());
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Forward-auth benchmark for BENCHMARKS.md (issue 6 targets). Loopback only, bounded in time.
+# A forward-auth check with a valid session cookie (GET /outpost.goauthentik.io/auth/nginx
+# with X-Original-URL, straight at Latchkey) vs nginx `return 200`, in the same run:
+# wrk -t2 -c64 -d10s, 3 runs each, medians, ratio, p99 (--latency); then RSS before and
+# after a 60 s run of the check.
+# Usage: bench/forward_auth.sh   (needs wrk and nginx: apt-get install -y wrk nginx-light)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/latchkey-target}"
+cargo build --release -q -p latchkey
+BIN="$CARGO_TARGET_DIR/release/latchkey"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+rps() { awk '/Requests\/sec/ {print $2}'; }
+# wrk --latency's 99% line, in ms
+p99() { awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}'; }
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+HTTP=$(port)
+export LATCHKEY_DATA_DIR="$WORK/data" LATCHKEY_LISTEN__HTTP="127.0.0.1:$HTTP" \
+  LATCHKEY_LISTEN__HTTPS="127.0.0.1:$(port)" LATCHKEY_LISTEN__METRICS="127.0.0.1:$(port)" \
+  LATCHKEY_LISTEN__LDAP="127.0.0.1:$(port)" LATCHKEY_LISTEN__LDAPS="127.0.0.1:$(port)" LATCHKEY_LOG__LEVEL=warn
+cat > "$WORK/bp.yaml" <<YAML
+users:
+  - username: bench
+    name: Bench
+    email: bench@example.test
+    password: bench-password
+providers:
+  - name: bench-proxy
+    type: proxy
+    mode: forward_single
+    external_host: http://app.bench.test
+applications:
+  - name: Bench app
+    slug: bench-app
+    provider: bench-proxy
+outposts:
+  - name: embedded
+    providers: [bench-proxy]
+YAML
+"$BIN" blueprint apply "$WORK/bp.yaml" >/dev/null
+"$BIN" serve 2>"$WORK/serve.log" &
+LK=$!
+until curl -sf "http://127.0.0.1:$HTTP/-/health/ready/" >/dev/null; do sleep 0.05; done
+EXEC="http://127.0.0.1:$HTTP/api/v1/flows/executor/default-authentication-flow/"
+curl -s -c "$WORK/jar" -b "$WORK/jar" "$EXEC" >/dev/null
+curl -s -c "$WORK/jar" -b "$WORK/jar" -H 'content-type: application/json' -d '{"uid_field":"bench","password":"bench-password"}' "$EXEC" >/dev/null
+SESSION=$(awk '$6=="latchkey_session" {print $7}' "$WORK/jar")
+[ -n "$SESSION" ] || { echo "login failed"; exit 1; }
+CHECK="http://127.0.0.1:$HTTP/outpost.goauthentik.io/auth/nginx"
+HDRS=(-H "Cookie: latchkey_session=$SESSION" -H "X-Original-URL: http://app.bench.test/some/page?x=1")
+code=$(curl -s -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$CHECK")
+[ "$code" = 200 ] || { echo "forward-auth check answered $code, not 200"; exit 1; }
+
+NGINX=$(port)
+cat > "$WORK/nginx.conf" <<NGX
+worker_processes 2; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:$NGINX; location / { return 200 "ok"; } } }
+NGX
+nginx -c "$WORK/nginx.conf"
+
+echo "== machine"; nproc; grep -m1 'model name' /proc/cpuinfo || true
+echo "== forward-auth check (valid cookie) vs nginx return 200: wrk -t2 -c64 -d10s --latency, 3 runs each"
+for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "${HDRS[@]}" "$CHECK" > "$WORK/lk.$i"; done
+for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "http://127.0.0.1:$NGINX/" > "$WORK/ngx.$i"; done
+grep -h 'Non-2xx' "$WORK"/lk.* && { echo "some checks were not 200"; exit 1; } || true
+LKR=$(for i in 1 2 3; do rps < "$WORK/lk.$i"; done | tr '\n' ' ')
+NGR=$(for i in 1 2 3; do rps < "$WORK/ngx.$i"; done | tr '\n' ' ')
+LKP=$(for i in 1 2 3; do p99 < "$WORK/lk.$i"; done | tr '\n' ' ')
+NGP=$(for i in 1 2 3; do p99 < "$WORK/ngx.$i"; done | tr '\n' ' ')
+LKM=$(echo "$LKR" | tr ' ' '\n' | grep . | median)
+NGM=$(echo "$NGR" | tr ' ' '\n' | grep . | median)
+echo "latchkey auth/nginx: $LKM req/s (runs: $LKR) p99 ms (runs: $LKP) median $(echo "$LKP" | tr ' ' '\n' | grep . | median)"
+echo "nginx return 200:    $NGM req/s (runs: $NGR) p99 ms (runs: $NGP) median $(echo "$NGP" | tr ' ' '\n' | grep . | median)"
+echo "ratio: $(awk -v a="$LKM" -v b="$NGM" 'BEGIN {printf "%.1f %%", 100*a/b}')"
+
+echo "== RSS of latchkey serve around a 60 s check run (wrk -t2 -c64 -d60s)"
+echo "before: $(rss $LK) KiB"
+wrk -t2 -c64 -d60s "${HDRS[@]}" "$CHECK" | rps | sed 's/^/req\/s during: /'
+echo "after:  $(rss $LK) KiB"
+sleep 5
+echo "after 5 s idle: $(rss $LK) KiB"
