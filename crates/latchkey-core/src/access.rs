@@ -8,9 +8,13 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::error::{CoreError, Result};
 use crate::groups::GroupIndex;
-use crate::model::{Application, BindingTarget, User};
-use crate::policy::{Decision, EngineMode, Policies, PolicyEnv, PolicyRequest, PolicyUser, RequestFacts};
+use crate::model::{Application, BindingSubject, BindingTarget, PolicyBinding, User};
+use crate::policy::{
+    Decision, EngineMode, Policies, PolicyEnv, PolicyRequest, PolicyUser, RequestFacts, ResolvedBinding,
+};
 use crate::reputation::ReputationBook;
+use crate::store::Store;
+use uuid::Uuid;
 
 /// What policies may look up outside the engine.
 pub struct CorePolicyEnv {
@@ -65,6 +69,46 @@ impl Access {
 
     pub async fn check(&self, target: BindingTarget, mode: EngineMode, req: &PolicyRequest) -> Result<Decision> {
         self.policies.check(target, mode, req, self.env.as_ref()).await
+    }
+
+    /// Messages of the named password policies that `candidate` fails (empty when it passes).
+    /// Missing policies are skipped with a warning: a typo must not lock everyone out.
+    pub async fn password_problems(
+        &self,
+        store: &Arc<dyn Store>,
+        policy_names: &[String],
+        mut req: PolicyRequest,
+        candidate: &str,
+    ) -> Result<Vec<String>> {
+        req.password = Some(candidate.to_string());
+        let mut resolved = Vec::new();
+        for name in policy_names {
+            let Some(policy) = store.get_policy_by_name(name).await.map_err(CoreError::from_store)? else {
+                tracing::warn!(policy = %name, "a password check names a policy that does not exist");
+                continue;
+            };
+            let compiled = self.policies.compile(&policy)?;
+            resolved.push(ResolvedBinding {
+                binding: PolicyBinding {
+                    id: policy.id,
+                    target: BindingTarget::Flow(Uuid::nil()),
+                    subject: BindingSubject::Policy(policy.id),
+                    order: 0,
+                    negate: false,
+                    enabled: true,
+                    timeout_ms: 1000,
+                    failure_result: false,
+                    created_at: policy.created_at,
+                },
+                policy: Some(compiled),
+            });
+        }
+        let decision = crate::policy::evaluate(&resolved, EngineMode::All, &req, self.env.as_ref()).await;
+        Ok(match (decision.passing, decision.messages.is_empty()) {
+            (true, _) => Vec::new(),
+            (false, true) => vec!["This password is not allowed.".into()],
+            (false, false) => decision.messages,
+        })
     }
 
     /// May `user` use `app`? An application without bindings is open to every logged-in user.

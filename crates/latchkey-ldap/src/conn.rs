@@ -37,6 +37,7 @@ pub enum Exit {
     StartTls,
 }
 
+#[derive(Clone)]
 struct Bound {
     user_id: Uuid,
     dn: String,
@@ -113,6 +114,11 @@ impl Conn {
                 }
                 LdapOp::SearchRequest(req) => {
                     self.search(io, &mut out, id, req, &request.ctrl).await?;
+                    false
+                }
+                LdapOp::ExtendedRequest(req) if req.name == OID_PASSWORD_MODIFY => {
+                    let resp = self.password_modify(&req).await;
+                    self.encode(&mut out, msg(id, LdapOp::ExtendedResponse(resp)))?;
                     false
                 }
                 LdapOp::ExtendedRequest(req) => {
@@ -275,11 +281,62 @@ impl Conn {
                 (err(LdapResultCode::OperationsError, "StartTLS is not available on this connection."), false)
             }
             OID_STARTTLS => (ok(Some(OID_STARTTLS), None), true),
-            OID_PASSWORD_MODIFY => {
-                (err(LdapResultCode::UnwillingToPerform, "Change your password in the user interface."), false)
-            }
             _ => (err(LdapResultCode::ProtocolError, "Unsupported extended operation."), false),
         }
+    }
+
+    /// Password Modify (RFC 3062): a bound user changes its own password; the password
+    /// policy applies and the user's other sessions and cached binds end.
+    async fn password_modify(&mut self, req: &LdapExtendedRequest) -> LdapExtendedResponse {
+        let fail = |code, message: &str| LdapExtendedResponse { res: result(code, message), name: None, value: None };
+        let Some(bound) = self.bound.clone() else {
+            return fail(LdapResultCode::InsufficentAccessRights, "Bind first.");
+        };
+        let Ok(change) = LdapPasswordModifyRequest::try_from(req) else {
+            return fail(LdapResultCode::ProtocolError, "Malformed password modify request.");
+        };
+        if let Some(identity) = change.user_identity.as_deref().filter(|i| !i.is_empty()) {
+            let same = dn::normalize(identity).zip(dn::normalize(&bound.dn)).is_some_and(|(a, b)| a == b);
+            if !same {
+                return fail(LdapResultCode::InsufficentAccessRights, "You can only change your own password.");
+            }
+        }
+        let Some(new_password) = change.new_password.filter(|p| !p.is_empty()) else {
+            return fail(
+                LdapResultCode::UnwillingToPerform,
+                "Give the new password; generated passwords are not offered.",
+            );
+        };
+        let core = Arc::clone(self.service.core());
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "LDAP password modify failed");
+            fail(LdapResultCode::Unavailable, "The directory is unavailable.")
+        };
+        let user = match core.directory.get_user(bound.user_id).await {
+            Ok(u) => u,
+            Err(e) => return unavailable(&e),
+        };
+        if let Some(old) = change.old_password.as_deref() {
+            match core.directory.check_password(Some(&user), old).await {
+                Ok(true) => {}
+                Ok(false) => return fail(LdapResultCode::InvalidCredentials, "The old password is wrong."),
+                Err(e) => return unavailable(&e),
+            }
+        }
+        let request = match core.access.request(Some(&user), Default::default(), Default::default()).await {
+            Ok(r) => r,
+            Err(e) => return unavailable(&e),
+        };
+        let policies = vec![latchkey_core::flow::defaults::DEFAULT_PASSWORD_POLICY.to_string()];
+        match core.access.password_problems(&core.store, &policies, request, &new_password).await {
+            Ok(problems) if problems.is_empty() => {}
+            Ok(problems) => return fail(LdapResultCode::ConstraintViolation, &problems.join(" ")),
+            Err(e) => return unavailable(&e),
+        }
+        if let Err(e) = core.directory.set_password(&user, &new_password, &self.client()).await {
+            return unavailable(&e);
+        }
+        LdapExtendedResponse { res: result(LdapResultCode::Success, ""), name: None, value: None }
     }
 
     // ---- compare ----

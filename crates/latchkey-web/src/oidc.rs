@@ -31,7 +31,13 @@ const RETURN_PARAM: &str = "lk_completion";
 const MAX_PARAM: usize = 4096;
 
 fn both(router: Router<AppState>, path: &str, method: MethodRouter<AppState>) -> Router<AppState> {
-    router.route(path, method.clone()).route(path.trim_end_matches('/'), method)
+    let bare = path.trim_end_matches('/');
+    let router = router.route(path, method.clone());
+    if bare == path {
+        router
+    } else {
+        router.route(bare, method)
+    }
 }
 
 pub fn routes() -> Router<AppState> {

@@ -796,3 +796,9 @@ mod ldap;
 
 #[path = "suite/recovery.rs"]
 mod recovery;
+
+#[path = "suite/oidc.rs"]
+mod oidc;
+
+#[path = "suite/mfa.rs"]
+mod mfa;

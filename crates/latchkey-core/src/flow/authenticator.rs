@@ -189,8 +189,14 @@ impl AuthenticatorValidate {
             .with("pending_user", user.username.clone())
     }
 
-    fn login(cx: &StageCx<'_>, user: &User) -> String {
-        cx.state.pending_login.clone().unwrap_or_else(|| user.username.clone())
+    /// The throttle key of code attempts: apart from the password's, so that a correct
+    /// password does not forgive wrong codes.
+    fn login(user: &User) -> String {
+        format!("mfa:{}", user.username)
+    }
+
+    fn already_validated(cx: &StageCx<'_>) -> bool {
+        cx.state.amr.iter().any(|m| m == "otp")
     }
 }
 
@@ -228,6 +234,9 @@ impl StageHandler for AuthenticatorValidate {
         let Some(user) = Self::user(cx).await? else {
             return Ok(Step::Deny(NO_USER.into()));
         };
+        if Self::already_validated(cx) {
+            return Ok(Step::Next);
+        }
         let classes = Self::classes(cx, &user).await?;
         if !classes.is_empty() {
             return Ok(Step::Show(Self::challenge_for(&user, &classes)));
@@ -278,7 +287,7 @@ impl StageHandler for AuthenticatorValidate {
         let Some(code) = answer_str(answer, "code") else {
             return Ok(Step::Malformed(challenge.error("code", "This field is required.")));
         };
-        let login = Self::login(cx, &user);
+        let login = Self::login(&user);
         let ip = cx.request.client.ip.clone();
         let s = cx.services;
         if let Some(wait) = s.throttle.check(&login, ip.as_deref()).await? {
@@ -312,7 +321,7 @@ impl StageHandler for AuthenticatorValidate {
             .record_raw(
                 "login_failed",
                 Some(user.id),
-                Some(login.clone()),
+                Some(user.username.clone()),
                 &cx.request.client,
                 json!({ "reason": "invalid_code", "flow": cx.state.flow_slug }),
             )

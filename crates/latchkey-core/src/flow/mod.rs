@@ -26,9 +26,9 @@ use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::error::{CoreError, FieldErrors, Result};
 use crate::events::{ClientInfo, Events};
-use crate::model::{BindingSubject, BindingTarget, PolicyBinding, TokenKind};
+use crate::model::{BindingTarget, TokenKind};
 use crate::model::{Flow, FlowDesignation, FlowStateRecord};
-use crate::policy::{evaluate, EngineMode, RequestFacts, ResolvedBinding};
+use crate::policy::{EngineMode, RequestFacts};
 use crate::redirect::safe_next;
 use crate::reputation::ReputationBook;
 use crate::sessions::{ActiveSession, Sessions};
@@ -234,39 +234,8 @@ impl StageCx<'_> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut req = self.policy_request().await?;
-        req.password = Some(candidate.to_string());
-        let mut resolved = Vec::new();
-        for name in names {
-            let policy = self.services.store.get_policy_by_name(&name).await.map_err(store_err)?;
-            let Some(policy) = policy else {
-                tracing::warn!(policy = %name, "a prompt names a validation policy that does not exist");
-                continue;
-            };
-            let compiled = self.services.access.policies.compile(&policy)?;
-            resolved.push(ResolvedBinding {
-                binding: PolicyBinding {
-                    id: policy.id,
-                    target: BindingTarget::Flow(Uuid::nil()),
-                    subject: BindingSubject::Policy(policy.id),
-                    order: 0,
-                    negate: false,
-                    enabled: true,
-                    timeout_ms: 1000,
-                    failure_result: false,
-                    created_at: policy.created_at,
-                },
-                policy: Some(compiled),
-            });
-        }
-        let decision = evaluate(&resolved, EngineMode::All, &req, self.services.access.env()).await;
-        if decision.passing {
-            return Ok(Vec::new());
-        }
-        if decision.messages.is_empty() {
-            return Ok(vec!["This password is not allowed.".into()]);
-        }
-        Ok(decision.messages)
+        let req = self.policy_request().await?;
+        self.services.access.password_problems(&self.services.store, &names, req, candidate).await
     }
 }
 

@@ -242,5 +242,42 @@ async fn ldap_password_change_ends_cached_binds(env: Env) {
     let (code, out) =
         search(&env, ALICE, "alice-new-password", ALICE, &["-LLL", "-s", "base", "(objectClass=*)", "1.1"]);
     assert_eq!(code, 0, "{out}");
+
+    // Password Modify (RFC 3062) with OpenLDAP's ldappasswd: the password policy applies.
+    let url = format!("ldap://127.0.0.1:{}", env.ldap);
+    let weak = tool(
+        &env,
+        "ldappasswd",
+        &["-x", "-H", &url, "-D", ALICE, "-w", "alice-new-password", "-a", "alice-new-password", "-s", "password"],
+    );
+    assert!(!weak.status.success() && text(&weak).contains("(19)"), "constraintViolation: {}", text(&weak));
+    let wrong_old = tool(
+        &env,
+        "ldappasswd",
+        &["-x", "-H", &url, "-D", ALICE, "-w", "alice-new-password", "-a", "not-it", "-s", "Ldap-Changed-Pass-42"],
+    );
+    assert!(!wrong_old.status.success() && text(&wrong_old).contains("(49)"), "{}", text(&wrong_old));
+    let changed = tool(
+        &env,
+        "ldappasswd",
+        &[
+            "-x",
+            "-H",
+            &url,
+            "-D",
+            ALICE,
+            "-w",
+            "alice-new-password",
+            "-a",
+            "alice-new-password",
+            "-s",
+            "Ldap-Changed-Pass-42",
+        ],
+    );
+    assert!(changed.status.success(), "{}", text(&changed));
+    let (code, out) =
+        search(&env, ALICE, "Ldap-Changed-Pass-42", ALICE, &["-LLL", "-s", "base", "(objectClass=*)", "1.1"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json_login(&client(), &server.base, "alice", "Ldap-Changed-Pass-42").await["component"], "redirect");
     server.stop();
 }
