@@ -166,6 +166,18 @@ pub struct Proxy {
     users: Cache<Uuid, Arc<User>>,
     /// Hand-off codes already redeemed (one use each, on this instance).
     used: Cache<String, ()>,
+    /// JWTs handed to applications, per (session, provider): signing one per request would
+    /// cost more than the rest of the check.
+    jwts: Cache<(Uuid, Uuid), Arc<CachedJwt>>,
+}
+
+/// A signed JWT and what it was made from: reused only while the identity is unchanged and
+/// more than half its lifetime remains.
+struct CachedJwt {
+    jwt: String,
+    fingerprint: String,
+    iat: i64,
+    exp: i64,
 }
 
 impl Proxy {
@@ -195,6 +207,7 @@ impl Proxy {
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(HANDOFF_TTL_SECS as u64 * 2))
                 .build(),
+            jwts: Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(3600)).build(),
         }
     }
 
@@ -339,6 +352,18 @@ impl Proxy {
         let user = Arc::new(user);
         self.users.insert(id, Arc::clone(&user));
         Ok(Some(user))
+    }
+
+    /// The JWT cached for (`session`, `provider`) if it was made from `fingerprint` (the
+    /// identity it carries) and more than half of its lifetime remains.
+    pub fn cached_jwt(&self, session: Uuid, provider: Uuid, fingerprint: &str) -> Option<String> {
+        let now = self.now().timestamp();
+        let c = self.jwts.get(&(session, provider))?;
+        (c.fingerprint == fingerprint && now >= c.iat && (c.exp - now) * 2 > c.exp - c.iat).then(|| c.jwt.clone())
+    }
+
+    pub fn cache_jwt(&self, session: Uuid, provider: Uuid, fingerprint: String, jwt: String, iat: i64, exp: i64) {
+        self.jwts.insert((session, provider), Arc::new(CachedJwt { jwt, fingerprint, iat, exp }));
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -111,7 +111,7 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
         "jwks_uri": format!("{o}{PREFIX}/{}/jwks/", client.app.slug),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [client.alg_name()],
         "scopes_supported": client.scopes,
@@ -204,11 +204,25 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
         return fail(e);
     }
     let prompt: Vec<&str> = q.get("prompt").map(|p| p.split_whitespace().collect()).unwrap_or_default();
-    let Some(session) = caller.session.clone() else {
+    let max_age = match q.get("max_age").map(|m| m.parse::<i64>()) {
+        Some(Ok(m)) if m >= 0 => Some(m),
+        Some(_) => return fail(OAuthError::invalid_request("max_age must be a number of seconds.")),
+        None => None,
+    };
+    let now = state.core.clock.now();
+    let fresh_enough =
+        |s: &latchkey_core::sessions::ActiveSession| max_age.is_none_or(|m| (now - s.session.created_at).num_seconds() <= m);
+    let reauth = prompt.contains(&"login") && returned.is_none();
+    let session = caller.session.clone().filter(|s| fresh_enough(s) && !reauth);
+    let Some(session) = session else {
         if prompt.contains(&"none") {
             return fail(OAuthError::new("login_required", "The user is not logged in."));
         }
-        let here = format!("{PREFIX}/authorize/?{}", encode_query(&q));
+        // After the login, come back without prompt=login or max_age (or it would ask forever).
+        let mut back = q.clone();
+        back.remove("prompt");
+        back.remove("max_age");
+        let here = format!("{PREFIX}/authorize/?{}", encode_query(&back));
         return Ok(found(&login_url(&here)));
     };
     let user = state
@@ -358,7 +372,7 @@ async fn client_auth(
     state.core.oauth.authenticate(&id, secret.as_deref()).await
 }
 
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     let form = match params(&body) {
         Ok(f) => f,
         Err(e) => return oauth_error(e),
@@ -388,6 +402,10 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
                 return oauth_error(OAuthError::invalid_request("The refresh_token parameter is missing."));
             };
             state.core.oauth.refresh(&client, rt, form.get("scope").map(String::as_str)).await
+        }
+        Some("client_credentials") => {
+            let issuer = client.issuer(&caller.origin);
+            state.core.oauth.client_credentials(&client, form.get("scope").map(String::as_str), &issuer).await
         }
         Some(_) => return oauth_error(OAuthError::new("unsupported_grant_type", "This grant type is not supported.")),
         None => return oauth_error(OAuthError::invalid_request("The grant_type parameter is missing.")),

@@ -257,19 +257,38 @@ async fn identity(
 ) -> WebResult<Response> {
     let user = &session.user;
     let base = login_base(state, provider, caller);
-    let now = state.core.proxy.now().timestamp();
-    let claims = json!({
-        "iss": format!("{base}/application/o/{}/", provider.app.slug),
-        "sub": user.id.to_string(),
-        "aud": provider.app.slug,
-        "iat": now,
-        "exp": now + provider.token_validity,
-        "preferred_username": user.username,
-        "email": user.email.clone().unwrap_or_default(),
-        "name": user.name,
-        "groups": user.groups,
-    });
-    let jwt = state.core.signing.sign(&claims).await?;
+    let proxy = &state.core.proxy;
+    // Everything the JWT says, so a cached one is reused only for an unchanged identity.
+    let fingerprint = serde_json::to_string(&(
+        &base,
+        &user.username,
+        &user.email,
+        &user.name,
+        &user.groups,
+        provider.token_validity,
+    ))
+    .unwrap_or_default();
+    let jwt = match proxy.cached_jwt(session.session.id, provider.id, &fingerprint) {
+        Some(jwt) => jwt,
+        None => {
+            let now = proxy.now().timestamp();
+            let exp = now + provider.token_validity;
+            let claims = json!({
+                "iss": format!("{base}/application/o/{}/", provider.app.slug),
+                "sub": user.id.to_string(),
+                "aud": provider.app.slug,
+                "iat": now,
+                "exp": exp,
+                "preferred_username": user.username,
+                "email": user.email.clone().unwrap_or_default(),
+                "name": user.name,
+                "groups": user.groups,
+            });
+            let jwt = state.core.signing.sign(&claims).await?;
+            proxy.cache_jwt(session.session.id, provider.id, fingerprint, jwt.clone(), now, exp);
+            jwt
+        }
+    };
     let values = [
         user.username.clone(),
         user.groups.join("|"),

@@ -66,6 +66,9 @@ pub enum Command {
     /// Invitations to enroll.
     #[command(subcommand)]
     Invitation(InvitationCommand),
+    /// Diagnose a deployment from the outside.
+    #[command(subcommand)]
+    Doctor(DoctorCommand),
     /// Mail: send a test message, see the outbox.
     #[command(subcommand)]
     Email(EmailCommand),
@@ -239,6 +242,12 @@ pub enum InvitationCommand {
     List,
     /// Delete an invitation by id.
     Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DoctorCommand {
+    /// Fetch URL as an anonymous browser would and explain what the proxy in front of it does.
+    ForwardAuth { url: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@ mod app;
 mod cli;
 mod commands;
 mod config;
+mod doctor;
 mod listen;
 mod logging;
 mod mailer;
@@ -118,6 +119,7 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
                 Command::Consent(c) => commands::consent(&app, c).await,
                 Command::Email(c) => commands::email(&app, c).await,
                 Command::Invitation(c) => commands::invitation(&app, c).await,
+                Command::Doctor(cli::DoctorCommand::ForwardAuth { url }) => doctor::forward_auth(&app, &url).await,
                 Command::Serve
                 | Command::Config(_)
                 | Command::Healthcheck

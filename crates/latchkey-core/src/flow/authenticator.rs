@@ -164,7 +164,7 @@ impl AuthenticatorValidate {
         let Some(id) = cx.state.pending_user else {
             return Ok(None);
         };
-        if cx.state.amr.is_empty() && !cx.request.session.as_ref().is_some_and(|s| s.user.id == id) {
+        if cx.state.amr.is_empty() && cx.request.session.as_ref().is_none_or(|s| s.user.id != id) {
             return Ok(None);
         }
         cx.services.store.get_user(id).await.map_err(CoreError::from_store)

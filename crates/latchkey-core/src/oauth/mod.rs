@@ -487,6 +487,45 @@ impl OAuth {
         self.tokens_for(client, &user, &grant, grant.scopes.iter().any(|s| s == "openid")).await
     }
 
+    /// `client_credentials` grant: a confidential client acting for itself. The access token's
+    /// subject is the client; there is no ID token and no refresh token.
+    pub async fn client_credentials(
+        &self,
+        client: &Client,
+        scope: Option<&str>,
+        issuer: &str,
+    ) -> GrantResult<TokenResponse> {
+        if client.client_type != ClientType::Confidential {
+            return Err(OAuthError::new("unauthorized_client", "Only confidential clients may use client_credentials.").into());
+        }
+        let scopes: Vec<String> = client
+            .grantable(scope.unwrap_or(""))
+            .into_iter()
+            .filter(|s| s != "offline_access")
+            .collect();
+        let now = self.clock.now().timestamp();
+        let claims = json!({
+            "iss": issuer,
+            "sub": client.client_id,
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "client_id": client.client_id,
+            "iat": now,
+            "exp": now + client.access_token_validity,
+            "jti": Uuid::new_v4().simple().to_string(),
+            "scope": scopes.join(" "),
+        });
+        let access_token = self.signing.sign_with(client.alg, &claims).await?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: client.access_token_validity,
+            id_token: None,
+            refresh_token: None,
+            scope: scopes.join(" "),
+        })
+    }
+
     fn subject(&self, client: &Client, user: &User) -> String {
         match client.sub_mode.as_str() {
             "hashed_user_id" => hex::encode(Sha256::digest(format!("{}:{}", client.provider.id, user.id).as_bytes())),
@@ -588,7 +627,8 @@ impl OAuth {
     }
 
     /// The claims of a valid access token (signature, expiry, active user, existing client).
-    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, User, Value)>> {
+    /// The user is `None` for a client-credentials token.
+    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, Option<User>, Value)>> {
         let Some(claims) = self.signing.verify(token).await else { return Ok(None) };
         if claims.get("scope").is_none() {
             // Not an access token (an ID token or a forward-auth JWT).
@@ -596,11 +636,12 @@ impl OAuth {
         }
         let Some(client_id) = claims.get("client_id").and_then(Value::as_str) else { return Ok(None) };
         let Some(client) = self.client_by_id(client_id).await? else { return Ok(None) };
-        let Some(uid) = claims.get("uid").and_then(Value::as_str).and_then(|u| Uuid::parse_str(u).ok()) else {
-            return Ok(None);
+        let Some(uid) = claims.get("uid").and_then(Value::as_str) else {
+            return Ok(Some((client, None, claims)));
         };
+        let Ok(uid) = Uuid::parse_str(uid) else { return Ok(None) };
         match self.store.get_user(uid).await.map_err(CoreError::from_store)? {
-            Some(u) if u.is_active => Ok(Some((client, u, claims))),
+            Some(u) if u.is_active => Ok(Some((client, Some(u), claims))),
             _ => Ok(None),
         }
     }
@@ -608,6 +649,11 @@ impl OAuth {
     /// Userinfo: the claims the token's scopes release.
     pub async fn userinfo(&self, token: &str) -> Result<Option<Map<String, Value>>> {
         let Some((client, user, claims)) = self.check_access_token(token).await? else { return Ok(None) };
+        let Some(user) = user else {
+            let mut m = Map::new();
+            m.insert("sub".into(), json!(client.client_id));
+            return Ok(Some(m));
+        };
         let scopes: Vec<String> =
             claims.get("scope").and_then(Value::as_str).unwrap_or("").split_whitespace().map(String::from).collect();
         Ok(Some(self.user_claims(&client, &user, &scopes).await?))

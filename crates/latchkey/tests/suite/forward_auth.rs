@@ -16,6 +16,7 @@ on_both_backends!(
     authelia_status_matrix,
     authelia_through_caddy,
     authelia_through_nginx,
+    authelia_through_traefik,
 );
 
 /// A backend that answers every request with its headers as JSON (names lower-cased).
@@ -441,6 +442,42 @@ fn traefik() -> Option<String> {
     None
 }
 
+/// Traefik on `port` with a file provider holding `dynamic` (its static config generated).
+async fn spawn_traefik(traefik: &str, dir: &std::path::Path, port: u16, dynamic: &str) -> Proxy {
+    std::fs::create_dir_all(dir).unwrap();
+    let dynamic_file = dir.join("dynamic.yml");
+    std::fs::write(&dynamic_file, dynamic).unwrap();
+    let static_conf = format!(
+        "entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\nproviders:\n  file:\n    filename: \"{}\"\nlog:\n  level: ERROR\n",
+        dynamic_file.display()
+    );
+    let static_file = dir.join("traefik.yml");
+    std::fs::write(&static_file, static_conf).unwrap();
+    let proxy = Proxy(
+        Command::new(traefik)
+            .arg(format!("--configFile={}", static_file.display()))
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn traefik"),
+    );
+    wait_port(port).await;
+    proxy
+}
+
+/// The first answer for `url` once Traefik has loaded its file provider (404 until then).
+async fn first_routed(c: &reqwest::Client, url: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c.get(url).header("accept", "text/html").send().await.unwrap();
+        if r.status() != 404 || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn forward_auth_through_traefik(env: Env) {
     let Some(traefik) = traefik() else { return };
     let backend = echo_backend().await;
@@ -449,7 +486,6 @@ async fn forward_auth_through_traefik(env: Env) {
     let server = start_server(&env, &env.base()).await;
     let lk = env.http;
     let dir = env.dir.path().join("traefik");
-    std::fs::create_dir_all(&dir).unwrap();
     // authentik's documented file-provider configuration; only the addresses differ.
     let dynamic = format!(
         r#"http:
@@ -493,35 +529,10 @@ async fn forward_auth_through_traefik(env: Env) {
           - url: http://127.0.0.1:{lk}
 "#
     );
-    let dynamic_file = dir.join("dynamic.yml");
-    std::fs::write(&dynamic_file, dynamic).unwrap();
-    let static_conf = format!(
-        "entryPoints:\n  web:\n    address: \"127.0.0.1:{port}\"\nproviders:\n  file:\n    filename: \"{}\"\nlog:\n  level: ERROR\n",
-        dynamic_file.display()
-    );
-    let static_file = dir.join("traefik.yml");
-    std::fs::write(&static_file, static_conf).unwrap();
-    let _traefik = Proxy(
-        Command::new(traefik)
-            .arg(format!("--configFile={}", static_file.display()))
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn traefik"),
-    );
-    wait_port(port).await;
+    let _traefik = spawn_traefik(&traefik, &dir, port, &dynamic).await;
     let app = format!("http://localhost:{port}");
     let c = client();
-    // Traefik loads the file provider just after opening the port: wait for the route.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let first = loop {
-        let r = c.get(format!("{app}/private/page?x=1")).send().await.unwrap();
-        if r.status() != 404 || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first = first_routed(&c, &format!("{app}/private/page?x=1")).await;
     assert_eq!(first.status(), 302);
     let location = first.headers()["location"].to_str().unwrap().to_string();
     assert!(location.starts_with(&format!("{}/outpost.goauthentik.io/start?state=", server.base)), "{location}");
@@ -844,6 +855,58 @@ http {{
     assert_eq!(echoed["remote-user"], "alice", "{echoed}");
     assert_eq!(echoed["remote-groups"], "family,media");
     assert_eq!(echoed["remote-name"], "Alice Example");
+
+    let m = domain_client();
+    let (r, seen) = browse(&m, &format!("{app}/private"), Some(("mallory", "mallory-password"))).await;
+    assert_eq!(r.status(), 403, "{seen:#?}");
+    server.stop();
+}
+
+async fn authelia_through_traefik(env: Env) {
+    let Some(traefik) = traefik() else { return };
+    let backend = echo_backend().await;
+    let port = free_port();
+    let (server, auth) = domain_setup(&env).await;
+    let lk = env.http;
+    // Authelia's documented forwardAuth middleware; only the addresses differ.
+    let dynamic = format!(
+        r#"http:
+  middlewares:
+    authelia:
+      forwardAuth:
+        address: http://127.0.0.1:{lk}/api/authz/forward-auth
+        trustForwardHeader: true
+        authResponseHeaders: [Remote-User, Remote-Groups, Remote-Email, Remote-Name]
+  routers:
+    app:
+      rule: "Host(`app.{DOMAIN}`)"
+      entryPoints: [web]
+      middlewares: [authelia]
+      service: app
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: http://127.0.0.1:{backend}
+"#
+    );
+    let _traefik = spawn_traefik(&traefik, &env.dir.path().join("traefik-authelia"), port, &dynamic).await;
+    let app = format!("http://app.{DOMAIN}:{port}");
+    let c = domain_client();
+    let r = first_routed(&c, &format!("{app}/private?x=1")).await;
+    assert_eq!(r.status(), 302);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(&format!("{auth}/if/flow/")));
+    let r = c.get(format!("{app}/private")).header("accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let (r, seen) = browse(&c, &format!("{app}/private?x=1"), Some(("alice", "alice-password"))).await;
+    assert_eq!(r.status(), 200, "{seen:#?}");
+    assert_eq!(seen.last().unwrap(), &format!("{app}/private?x=1"), "{seen:#?}");
+    let echoed: Value =
+        c.get(format!("{app}/other")).header("Remote-User", "admin").send().await.unwrap().json().await.unwrap();
+    assert_eq!(echoed["remote-user"], "alice", "{echoed}");
+    assert_eq!(echoed["remote-groups"], "family,media");
+    assert_eq!(echoed["remote-email"], "alice@example.test");
 
     let m = domain_client();
     let (r, seen) = browse(&m, &format!("{app}/private"), Some(("mallory", "mallory-password"))).await;

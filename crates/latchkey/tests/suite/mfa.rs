@@ -121,6 +121,9 @@ async fn mfa_totp_enrollment_login_replay_and_recovery_codes(env: Env) {
     let (_, ok) = post(&c2, &login_url, json!({"code": next_code})).await;
     assert_eq!(ok["component"], "redirect", "{ok}");
     assert_eq!(c2.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
+    // The session records both factors (RFC 8176 amr).
+    let sessions = env.cli_ok(&["session", "list", "tina"], "");
+    assert!(sessions.contains("pwd,otp,mfa"), "{sessions}");
     // … once.
     let c3 = client();
     assert_eq!(password_step(base, &c3, "tina", "tina-password").await["component"], "authenticator_validate");
