@@ -116,10 +116,33 @@ impl Access {
         if !user.is_active {
             return Ok(Decision { passing: false, messages: vec!["This account is disabled.".into()] });
         }
+        let policy_user = PolicyUser::load(&self.groups, user).await?;
+        self.application_as(app, user, policy_user, facts).await
+    }
+
+    /// [`Access::application`] with the user's policy view already at hand (forward auth keeps
+    /// it in memory, so its per-request check makes no store query).
+    pub async fn application_as(
+        &self,
+        app: &Application,
+        user: &User,
+        policy_user: PolicyUser,
+        facts: RequestFacts,
+    ) -> Result<Decision> {
+        if !user.is_active {
+            return Ok(Decision { passing: false, messages: vec!["This account is disabled.".into()] });
+        }
         let mut context = Map::new();
         context.insert("application".into(), json!(app.slug));
-        let req = self.request(Some(user), facts, context).await?;
+        let mut req = PolicyRequest::new(Some(policy_user), self.clock.now());
+        req.request = facts;
+        req.context = context;
         let mode = EngineMode::parse(&app.policy_engine_mode).unwrap_or_default();
         self.check(BindingTarget::Application(app.id), mode, &req).await
+    }
+
+    /// The user's policy view (effective groups resolved through the store).
+    pub async fn policy_user(&self, user: &User) -> Result<PolicyUser> {
+        PolicyUser::load(&self.groups, user).await
     }
 }

@@ -189,11 +189,13 @@ impl Core {
                             }
                             core.sessions.apply_change(&change);
                             core.proxy.apply_change(&change);
+                            core.oauth.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             core.access.policies.invalidate();
                             core.sessions.clear();
                             core.proxy.invalidate();
+                            core.oauth.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::error::{CoreError, Result};
 use crate::keys::DerivedKey;
 use crate::model::{Application, Change, User};
-use crate::policy::RequestFacts;
+use crate::policy::{PolicyUser, RequestFacts};
 use crate::sessions::{ActiveSession, Sessions};
 use crate::store::Store;
 
@@ -168,7 +168,9 @@ pub struct Proxy {
     used: Cache<String, ()>,
     /// JWTs handed to applications, per (session, provider): signing one per request would
     /// cost more than the rest of the check.
-    jwts: Cache<(Uuid, Uuid), Arc<CachedJwt>>,
+    jwts: Cache<(String, Uuid), Arc<CachedJwt>>,
+    /// Users' policy views (effective groups resolved), so a check makes no store query.
+    policy_users: Cache<Uuid, Arc<PolicyUser>>,
 }
 
 /// A signed JWT and what it was made from: reused only while the identity is unchanged and
@@ -208,6 +210,10 @@ impl Proxy {
                 .time_to_live(std::time::Duration::from_secs(HANDOFF_TTL_SECS as u64 * 2))
                 .build(),
             jwts: Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(3600)).build(),
+            policy_users: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
         }
     }
 
@@ -215,8 +221,16 @@ impl Proxy {
     pub fn apply_change(&self, change: &Change) {
         match change {
             Change::Config => self.invalidate(),
-            Change::User(id) => self.users.invalidate(id),
-            Change::Groups | Change::Session(_) => {}
+            Change::User(id) => {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.users.invalidate(id);
+                self.policy_users.invalidate(id);
+            }
+            Change::Groups => {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.policy_users.invalidate_all();
+            }
+            Change::Session(_) => {}
         }
     }
 
@@ -226,6 +240,7 @@ impl Proxy {
             *t = None;
         }
         self.users.invalidate_all();
+        self.policy_users.invalidate_all();
     }
 
     async fn table(&self) -> Result<Arc<Table>> {
@@ -336,12 +351,26 @@ impl Proxy {
             path: Some(req.url.path().to_string()),
             method: Some(req.method.clone()),
         };
-        let decision = self.access.application(&provider.app, &user, facts).await?;
+        let policy_user = self.policy_user(&user).await?;
+        let decision = self.access.application_as(&provider.app, &user, (*policy_user).clone(), facts).await?;
         Ok(if decision.passing {
             Verdict::Allowed(session)
         } else {
             Verdict::Denied { session, messages: decision.messages }
         })
+    }
+
+    async fn policy_user(&self, user: &User) -> Result<Arc<PolicyUser>> {
+        if let Some(u) = self.policy_users.get(&user.id) {
+            return Ok(u);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let loaded = Arc::new(self.access.policy_user(user).await?);
+        // A change seen while loading may have made it stale: use it, do not keep it.
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.policy_users.insert(user.id, Arc::clone(&loaded));
+        }
+        Ok(loaded)
     }
 
     async fn user(&self, id: Uuid) -> Result<Option<Arc<User>>> {
@@ -354,16 +383,16 @@ impl Proxy {
         Ok(Some(user))
     }
 
-    /// The JWT cached for (`session`, `provider`) if it was made from `fingerprint` (the
+    /// The JWT cached for (`session`, its key hash; `provider`) if it was made from `fingerprint` (the
     /// identity it carries) and more than half of its lifetime remains.
-    pub fn cached_jwt(&self, session: Uuid, provider: Uuid, fingerprint: &str) -> Option<String> {
+    pub fn cached_jwt(&self, session: &str, provider: Uuid, fingerprint: &str) -> Option<String> {
         let now = self.now().timestamp();
-        let c = self.jwts.get(&(session, provider))?;
+        let c = self.jwts.get(&(session.to_string(), provider))?;
         (c.fingerprint == fingerprint && now >= c.iat && (c.exp - now) * 2 > c.exp - c.iat).then(|| c.jwt.clone())
     }
 
-    pub fn cache_jwt(&self, session: Uuid, provider: Uuid, fingerprint: String, jwt: String, iat: i64, exp: i64) {
-        self.jwts.insert((session, provider), Arc::new(CachedJwt { jwt, fingerprint, iat, exp }));
+    pub fn cache_jwt(&self, session: &str, provider: Uuid, fingerprint: String, jwt: String, iat: i64, exp: i64) {
+        self.jwts.insert((session.to_string(), provider), Arc::new(CachedJwt { jwt, fingerprint, iat, exp }));
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -195,13 +195,38 @@ impl Conn {
             return invalid();
         };
         let canonical = format!("cn={},ou=users,{base}", dn::escape(&username.to_lowercase()));
+        // Code-based MFA: a user with an authenticator binds with `password;code`. Such binds
+        // are never cached: the code changes, and the password alone must not be enough.
+        let core = Arc::clone(self.service.core());
+        let mfa = match snap.provider.as_ref().is_some_and(|p| p.mfa_support) {
+            true => match core.store.get_user_by_username(&username).await {
+                Ok(Some(u)) => match core.mfa.configured_kinds(u.id).await {
+                    Ok(kinds) => !kinds.is_empty(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "LDAP bind cannot read authenticators");
+                        return result(LdapResultCode::Unavailable, "The directory is unavailable.");
+                    }
+                },
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "LDAP bind cannot read the user");
+                    return result(LdapResultCode::Unavailable, "The directory is unavailable.");
+                }
+            },
+            false => false,
+        };
+        let (password, code) = match (mfa, password.rsplit_once(';')) {
+            (true, Some((p, c))) => (p.to_string(), Some(c.trim().to_string())),
+            (true, None) => (password, Some(String::new())),
+            (false, _) => (password, None),
+        };
         let key = self.service.cache_key(&canonical, &password);
-        if let Some(user_id) = self.service.cached_bind(&key) {
+        let cached = if mfa { None } else { self.service.cached_bind(&key) };
+        if let Some(user_id) = cached {
             let dn = snap.by_user_id.get(&user_id).map(|&u| snap.users[u].dn.clone()).unwrap_or(canonical);
             self.bound = Some(Bound { user_id, dn });
             return result(LdapResultCode::Success, "");
         }
-        let core = Arc::clone(self.service.core());
         let throttle = &core.flows.services().throttle;
         let ip = self.peer.ip().to_string();
         match throttle.check(&username, Some(&ip)).await {
@@ -225,21 +250,34 @@ impl Conn {
                 return result(LdapResultCode::Unavailable, "The directory is unavailable.");
             }
         };
-        let ok = match core.directory.check_password(user.as_ref(), &password).await {
+        let mut ok = match core.directory.check_password(user.as_ref(), &password).await {
             Ok(ok) => ok,
             Err(e) => {
                 tracing::error!(error = %e, "LDAP bind cannot check the password");
                 return result(LdapResultCode::Unavailable, "The directory is unavailable.");
             }
         };
+        if let (true, Some(code), Some(u)) = (ok, code.as_deref(), user.as_ref()) {
+            ok = match core.mfa.verify_code(u, code).await {
+                Ok(kind) => kind.is_some(),
+                Err(e) => {
+                    tracing::error!(error = %e, "LDAP bind cannot check the code");
+                    return result(LdapResultCode::Unavailable, "The directory is unavailable.");
+                }
+            };
+        }
         let client = self.client();
         match (ok, user) {
             (true, Some(user)) => {
                 if let Err(e) = throttle.success(&username).await {
                     tracing::warn!(error = %e, "cannot reset the throttle");
                 }
-                core.events.record("login", Some(&user), &client, serde_json::json!({ "via": "ldap" })).await;
-                self.service.remember_bind(key, user.id);
+                core.events
+                    .record("login", Some(&user), &client, serde_json::json!({ "via": "ldap", "mfa": mfa }))
+                    .await;
+                if !mfa {
+                    self.service.remember_bind(key, user.id);
+                }
                 let dn = snap.by_user_id.get(&user.id).map(|&u| snap.users[u].dn.clone()).unwrap_or(canonical);
                 self.bound = Some(Bound { user_id: user.id, dn });
                 result(LdapResultCode::Success, "")

@@ -95,6 +95,8 @@ pub struct LdapProvider {
     pub base_ndn: String,
     pub search_group_id: Option<Uuid>,
     pub search_group_name: Option<String>,
+    /// Users with an authenticator bind with `password;code` (authentik's code-based MFA).
+    pub mfa_support: bool,
 }
 
 pub struct Snapshot {
@@ -197,6 +199,7 @@ impl Snapshot {
             base_ndn,
             search_group_id,
             search_group_name,
+            mfa_support: provider.config.get("mfa_support").and_then(|v| v.as_bool()).unwrap_or(false),
         };
         Ok(Self::assemble(info, users, groups, members))
     }
@@ -467,6 +470,7 @@ pub(crate) mod tests {
             base_ndn: "dc=example,dc=test".into(),
             search_group_id: None,
             search_group_name: None,
+            mfa_support: false,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::request::Caller;
 use crate::state::AppState;
 
 const PREFIX: &str = "/application/o";
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// Our own marker on the authorize URL the authorization flow returns to.
 const RETURN_PARAM: &str = "lk_completion";
 /// Longest parameter value accepted.
@@ -49,6 +50,8 @@ pub fn routes() -> Router<AppState> {
     let r = both(r, &format!("{PREFIX}/token/"), axum::routing::post(token));
     let r = both(r, &format!("{PREFIX}/userinfo/"), get(userinfo).post(userinfo));
     let r = both(r, &format!("{PREFIX}/introspect/"), axum::routing::post(introspect));
+    let r = both(r, &format!("{PREFIX}/device/"), axum::routing::post(device_authorization));
+    let r = both(r, "/if/device/", get(device_page).post(device_submit));
     both(r, &format!("{PREFIX}/revoke/"), axum::routing::post(revoke))
 }
 
@@ -111,7 +114,8 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
         "jwks_uri": format!("{o}{PREFIX}/{}/jwks/", client.app.slug),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", DEVICE_GRANT],
+        "device_authorization_endpoint": format!("{o}{PREFIX}/device/"),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [client.alg_name()],
         "scopes_supported": client.scopes,
@@ -210,8 +214,9 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
         None => None,
     };
     let now = state.core.clock.now();
-    let fresh_enough =
-        |s: &latchkey_core::sessions::ActiveSession| max_age.is_none_or(|m| (now - s.session.created_at).num_seconds() <= m);
+    let fresh_enough = |s: &latchkey_core::sessions::ActiveSession| {
+        max_age.is_none_or(|m| (now - s.session.created_at).num_seconds() <= m)
+    };
     let reauth = prompt.contains(&"login") && returned.is_none();
     let session = caller.session.clone().filter(|s| fresh_enough(s) && !reauth);
     let Some(session) = session else {
@@ -403,6 +408,12 @@ async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap
             };
             state.core.oauth.refresh(&client, rt, form.get("scope").map(String::as_str)).await
         }
+        Some(DEVICE_GRANT) => {
+            let Some(dc) = form.get("device_code") else {
+                return oauth_error(OAuthError::invalid_request("The device_code parameter is missing."));
+            };
+            state.core.oauth.device_token(&client, dc).await
+        }
         Some("client_credentials") => {
             let issuer = client.issuer(&caller.origin);
             state.core.oauth.client_credentials(&client, form.get("scope").map(String::as_str), &issuer).await
@@ -517,4 +528,129 @@ async fn end_session(
         None => login_url("/if/user/"),
     };
     Ok((jar, found(&to)).into_response())
+}
+
+/// RFC 8628 §3.1: a device asks for a user code.
+async fn device_authorization(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match params(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(e),
+    };
+    let client = match client_auth(&state, &headers, &form).await {
+        Ok(c) => c,
+        Err(e) => return grant_error(e),
+    };
+    match state.core.oauth.device_authorize(&client, form.get("scope").map(String::as_str)).await {
+        Ok(d) => {
+            let uri = format!("{}/if/device/", caller.origin.trim_end_matches('/'));
+            let complete = format!("{uri}?code={}", d.user_code);
+            no_store(
+                Json(json!({
+                    "device_code": d.device_code,
+                    "user_code": d.user_code,
+                    "verification_uri": uri,
+                    "verification_uri_complete": complete,
+                    "expires_in": d.expires_in,
+                    "interval": d.interval,
+                }))
+                .into_response(),
+            )
+        }
+        Err(e) => WebError::from(e).into_response(),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+fn device_html(title: &str, body: &str) -> Response {
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main class=\"card\"><h1>{t}</h1>{body}</main></body></html>",
+        t = escape(title)
+    );
+    let mut r = axum::response::Html(page).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The page where a logged-in user types the code their device shows.
+async fn device_page(State(state): State<AppState>, caller: Caller, RawQuery(raw): RawQuery) -> WebResult<Response> {
+    let q = params(raw.as_deref().unwrap_or("").as_bytes()).map_err(|e| WebError::bad_request(e.description))?;
+    let code = latchkey_core::oauth::device::normalize_user_code(q.get("code").map(String::as_str).unwrap_or(""));
+    if caller.session.is_none() {
+        let here = if code.is_empty() { "/if/device/".to_string() } else { format!("/if/device/?code={code}") };
+        return Ok(found(&login_url(&here)));
+    }
+    let (flow_cookie, jar) = caller.flow_cookie();
+    let csrf = state.core.keys.csrf.sign(flow_cookie.as_bytes());
+    let app = match state.core.oauth.device_client(&code).await? {
+        Some(c) => format!("<p>Sign in to <strong>{}</strong> on your device?</p>", escape(&c.app.name)),
+        None => String::new(),
+    };
+    let body = format!(
+        "{app}<form method=\"post\" action=\"/if/device/\"><input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
+         <label>Code <input name=\"code\" value=\"{code}\" autocomplete=\"off\" required></label>\
+         <button name=\"action\" value=\"approve\">Allow</button> <button name=\"action\" value=\"deny\">Deny</button></form>",
+        csrf = escape(&csrf),
+        code = escape(&code)
+    );
+    Ok((jar, device_html("Connect a device", &body)).into_response())
+}
+
+async fn device_submit(State(state): State<AppState>, caller: Caller, body: Bytes) -> WebResult<Response> {
+    let form = params(&body).map_err(|e| WebError::bad_request(e.description))?;
+    let Some(session) = caller.session.clone() else {
+        return Ok(found(&login_url("/if/device/")));
+    };
+    let flow_cookie = caller.jar.get(crate::request::FLOW_COOKIE).map(|c| c.value().to_string());
+    let token = form.get("csrf_token").map(String::as_str).unwrap_or("");
+    if !flow_cookie.as_deref().is_some_and(|c| state.core.keys.csrf.verify(c.as_bytes(), token)) {
+        return Err(WebError::forbidden(
+            "The form expired or did not come from this site. Reload the page and try again.",
+        ));
+    }
+    let code = form.get("code").map(String::as_str).unwrap_or("");
+    let Some(client) = state.core.oauth.device_client(code).await? else {
+        return Err(WebError::bad_request("This code is unknown, expired or already used."));
+    };
+    let user = state
+        .core
+        .store
+        .get_user(session.user.id)
+        .await
+        .map_err(latchkey_core::CoreError::from_store)?
+        .ok_or_else(|| WebError::forbidden("This account no longer exists."))?;
+    let decision = state.core.access.application(&client.app, &user, caller.request_info().facts()).await?;
+    let approved = form.get("action").map(String::as_str) == Some("approve") && decision.passing;
+    let template = Grant {
+        client_id: client.client_id.clone(),
+        scopes: Vec::new(),
+        nonce: None,
+        redirect_uri: None,
+        code_challenge: None,
+        sid: Some(session.session.id.clone()),
+        auth_time: session.session.created_at.timestamp(),
+        amr: session.session.amr.clone(),
+        family: None,
+        issuer: client.issuer(&caller.origin),
+    };
+    if !state.core.oauth.device_decide(code, &user, approved, template).await? {
+        return Err(WebError::bad_request("This code is unknown, expired or already used."));
+    }
+    if !decision.passing {
+        return Err(WebError::forbidden(format!("You do not have access to {}.", client.app.name)));
+    }
+    let (title, text) = if approved {
+        ("Device connected", "You can return to your device.")
+    } else {
+        ("Request denied", "The device was not connected.")
+    };
+    Ok(device_html(title, &format!("<p>{text}</p>")))
 }

@@ -259,16 +259,10 @@ async fn identity(
     let base = login_base(state, provider, caller);
     let proxy = &state.core.proxy;
     // Everything the JWT says, so a cached one is reused only for an unchanged identity.
-    let fingerprint = serde_json::to_string(&(
-        &base,
-        &user.username,
-        &user.email,
-        &user.name,
-        &user.groups,
-        provider.token_validity,
-    ))
-    .unwrap_or_default();
-    let jwt = match proxy.cached_jwt(session.session.id, provider.id, &fingerprint) {
+    let fingerprint =
+        serde_json::to_string(&(&base, &user.username, &user.email, &user.name, &user.groups, provider.token_validity))
+            .unwrap_or_default();
+    let jwt = match proxy.cached_jwt(&session.session.key_hash, provider.id, &fingerprint) {
         Some(jwt) => jwt,
         None => {
             let now = proxy.now().timestamp();
@@ -285,7 +279,7 @@ async fn identity(
                 "groups": user.groups,
             });
             let jwt = state.core.signing.sign(&claims).await?;
-            proxy.cache_jwt(session.session.id, provider.id, fingerprint, jwt.clone(), now, exp);
+            proxy.cache_jwt(&session.session.key_hash, provider.id, fingerprint, jwt.clone(), now, exp);
             jwt
         }
     };

@@ -56,6 +56,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ldap_tls = tls_config.clone();
     let prometheus =
         PrometheusBuilder::new().install_recorder().map_err(|e| anyhow!("cannot start the metrics recorder: {e}"))?;
+    // Histogram samples pile up in the recorder until drained: without a scrape of /metrics
+    // that is memory growing with every request. Upkeep drains them every few seconds.
+    let upkeep = prometheus.clone();
+    let _upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
 
     let sender = mailer::Sender::new(&config.email)?;
     let _background = app.core.spawn_background();

@@ -137,6 +137,12 @@ fn default_flows() -> Vec<DefaultFlow> {
                     ], "validation_policies": [DEFAULT_PASSWORD_POLICY], "primary_action": "Set password" }),
                 ),
                 ("default-recovery-write", "user_write", json!({ "user_creation_mode": "never_create" })),
+                // A new password is not a second factor: users with devices still give a code.
+                (
+                    "default-recovery-mfa-validation",
+                    "authenticator_validate",
+                    json!({ "device_classes": ["totp", "static"], "not_configured_action": "skip" }),
+                ),
                 ("default-recovery-login", "user_login", json!({})),
             ],
         },

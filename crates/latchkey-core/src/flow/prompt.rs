@@ -275,6 +275,11 @@ impl StageHandler for UserWrite {
                 dir.update_user(&user, &client).await?;
                 if let Some(password) = text("password") {
                     dir.set_password(&user, &password, &client).await?;
+                    // Choosing the password counts as knowing it (e.g. in recovery, after the
+                    // mailed link); a second factor may still follow.
+                    if !cx.state.amr.iter().any(|m| m == "pwd") {
+                        cx.state.amr.push("pwd".into());
+                    }
                     // Setting a password ends every session; keep the user who changed it logged in.
                     if cx.request.session.as_ref().is_some_and(|s| s.user.id == user.id) {
                         let amr = cx.request.session.as_ref().map(|s| s.session.amr.clone()).unwrap_or_default();
@@ -357,8 +362,6 @@ impl StageHandler for UserWrite {
 async fn notify_admins_of_signup(cx: &mut StageCx<'_>, user: &crate::model::User) -> Result<()> {
     let s = cx.services;
     s.events.record("signup_pending_approval", Some(user), &cx.request.client, json!({})).await;
-    let tree = s.directory.effective_groups(user.id).await?;
-    drop(tree);
     let admins = s.store.list_users(&crate::model::ListQuery::all()).await.map_err(CoreError::from_store)?.items;
     for admin in admins {
         let Some(address) = admin.email.clone().filter(|_| admin.is_active) else { continue };

@@ -8,6 +8,8 @@
 //! user's id (`<user>.<random>`), so a replayed, already used secret can still be recognised
 //! among the user's tokens and its whole family revoked.
 
+pub mod device;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::Duration;
@@ -15,7 +17,8 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -23,7 +26,7 @@ use crate::clock::Clock;
 use crate::error::{CoreError, Result};
 use crate::groups::GroupIndex;
 use crate::keys::{hash_secret, random_secret};
-use crate::model::{Application, Provider, Token, TokenKind, User};
+use crate::model::{Application, Change, Provider, Token, TokenKind, User};
 use crate::signing::Signing;
 use crate::store::Store;
 
@@ -238,6 +241,9 @@ pub struct OAuth {
     clock: Arc<dyn Clock>,
     signing: Signing,
     groups: GroupIndex,
+    /// The oauth2 clients, loaded once and dropped on `Change::Config`.
+    clients: Arc<RwLock<Option<Arc<Vec<Client>>>>>,
+    generation: Arc<AtomicU64>,
 }
 
 /// `base64url(sha256(verifier))`, the S256 transformation (RFC 7636).
@@ -277,14 +283,49 @@ fn at_hash(access_token: &str) -> String {
 
 impl OAuth {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Signing, groups: GroupIndex) -> Self {
-        OAuth { store, clock, signing, groups }
+        OAuth {
+            store,
+            clock,
+            signing,
+            groups,
+            clients: Arc::new(RwLock::new(None)),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Applies a change made by any process to the client cache.
+    pub fn apply_change(&self, change: &Change) {
+        if *change == Change::Config {
+            self.invalidate();
+        }
+    }
+
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut c) = self.clients.write() {
+            *c = None;
+        }
     }
 
     pub fn signing(&self) -> &Signing {
         &self.signing
     }
 
-    async fn clients(&self) -> Result<Vec<Client>> {
+    async fn clients(&self) -> Result<Arc<Vec<Client>>> {
+        if let Some(c) = self.clients.read().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let loaded = Arc::new(self.load_clients().await?);
+        if self.generation.load(Ordering::Acquire) == generation {
+            if let Ok(mut c) = self.clients.write() {
+                *c = Some(Arc::clone(&loaded));
+            }
+        }
+        Ok(loaded)
+    }
+
+    async fn load_clients(&self) -> Result<Vec<Client>> {
         let providers = self.store.list_providers().await.map_err(CoreError::from_store)?;
         let apps = self.store.list_applications().await.map_err(CoreError::from_store)?;
         Ok(providers
@@ -298,11 +339,11 @@ impl OAuth {
     }
 
     pub async fn client_by_id(&self, client_id: &str) -> Result<Option<Client>> {
-        Ok(self.clients().await?.into_iter().find(|c| c.client_id == client_id))
+        Ok(self.clients().await?.iter().find(|c| c.client_id == client_id).cloned())
     }
 
     pub async fn client_by_slug(&self, slug: &str) -> Result<Option<Client>> {
-        Ok(self.clients().await?.into_iter().find(|c| c.app.slug == slug))
+        Ok(self.clients().await?.iter().find(|c| c.app.slug == slug).cloned())
     }
 
     /// The client a token-endpoint request authenticates as. `secret: None` is only good for
@@ -496,13 +537,14 @@ impl OAuth {
         issuer: &str,
     ) -> GrantResult<TokenResponse> {
         if client.client_type != ClientType::Confidential {
-            return Err(OAuthError::new("unauthorized_client", "Only confidential clients may use client_credentials.").into());
+            return Err(OAuthError::new(
+                "unauthorized_client",
+                "Only confidential clients may use client_credentials.",
+            )
+            .into());
         }
-        let scopes: Vec<String> = client
-            .grantable(scope.unwrap_or(""))
-            .into_iter()
-            .filter(|s| s != "offline_access")
-            .collect();
+        let scopes: Vec<String> =
+            client.grantable(scope.unwrap_or("")).into_iter().filter(|s| s != "offline_access").collect();
         let now = self.clock.now().timestamp();
         let claims = json!({
             "iss": issuer,
@@ -712,5 +754,70 @@ impl OAuth {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn client(kind: &str) -> Client {
+        let now = Utc::now();
+        let provider = Provider {
+            id: Uuid::nil(),
+            name: "p".into(),
+            kind: "oauth2".into(),
+            authorization_flow_id: None,
+            config: json!({
+                "client_id": "c", "client_type": kind, "client_secret": "s3cret",
+                "redirect_uris": ["https://app.test/cb"], "scopes": ["openid", "email", "offline_access"],
+            }),
+            created_at: now,
+        };
+        let app = Application {
+            id: Uuid::nil(),
+            name: "a".into(),
+            slug: "a".into(),
+            provider_id: Some(Uuid::nil()),
+            launch_url: None,
+            icon: None,
+            description: String::new(),
+            group: None,
+            policy_engine_mode: "any".into(),
+            open_in_new_tab: false,
+            created_at: now,
+        };
+        Client::parse(provider, app).unwrap()
+    }
+
+    #[test]
+    fn pkce_s256_only_and_required_for_public_clients() {
+        let public = client("public");
+        let confidential = client("confidential");
+        let challenge = s256("dBjftJeZ4CVP-mJ92K9fsNwl4tGqgtYCp0TMVFZHsVmhUpgZWk7V6o2");
+        assert!(check_pkce(&public, Some(&challenge), Some("S256")).is_ok());
+        assert!(check_pkce(&public, None, None).is_err());
+        assert!(check_pkce(&confidential, None, None).is_ok());
+        assert!(check_pkce(&public, Some(&challenge), Some("plain")).is_err());
+        assert!(check_pkce(&public, Some(&challenge), None).is_err(), "no method means plain");
+        assert!(check_pkce(&public, Some("short"), Some("S256")).is_err());
+        // As Python computes it: base64url(sha256(verifier)) without padding.
+        assert_eq!(
+            s256("dBjftJeZ4CVP-mJ92K9fsNwl4tGqgtYCp0TMVFZHsVmhUpgZWk7V6o2"),
+            "J_Zmf9IngyyAzp-eetBPMK7ZkyRYYSkXBUVB2iaj9aE"
+        );
+    }
+
+    #[test]
+    fn redirects_match_exactly_and_scopes_are_filtered() {
+        let c = client("confidential");
+        assert!(c.redirect_allowed("https://app.test/cb"));
+        for bad in ["https://app.test/cb/", "https://app.test/cb?x=1", "https://APP.test/cb", "https://app.test/c"] {
+            assert!(!c.redirect_allowed(bad), "{bad}");
+        }
+        assert_eq!(c.grantable("openid groups email openid"), vec!["openid", "email"]);
+        assert!(c.secret_matches("s3cret") && !c.secret_matches("s3cre") && !client("public").secret_matches(""));
+        assert_eq!(c.alg_name(), "RS256");
     }
 }

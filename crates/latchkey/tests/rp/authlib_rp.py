@@ -11,10 +11,13 @@ MODE is one of
   pkce_plain      code_challenge_method=plain is refused (error sent to the redirect_uri)
   denied          a user the application's policies refuse never gets a code
   bad_secret      a wrong client secret gets 401 invalid_client
+  client_credentials  a confidential client gets an access token for itself
+  device          device authorization (RFC 8628): pending, the user approves at /if/device/, tokens once
 Prints one JSON object with what it saw; exits non-zero when a check fails.
 """
 
 import json
+import re
 import sys
 from urllib.parse import parse_qs, urljoin, urlparse
 
@@ -240,5 +243,53 @@ def bad_secret():
     out["www_authenticate"] = r.headers.get("WWW-Authenticate")
 
 
-{"full": full, "wrong_redirect": wrong_redirect, "pkce_plain": pkce_plain, "denied": denied, "bad_secret": bad_secret}[MODE]()
+def client_credentials():
+    meta = discover()
+    check("client_credentials" in meta["grant_types_supported"], "client_credentials advertised")
+    client = OAuth2Session(CLIENT_ID, SECRET, scope="openid profile", token_endpoint_auth_method="client_secret_post")
+    token = client.fetch_token(meta["token_endpoint"], grant_type="client_credentials")
+    out["token_keys"] = sorted(token.keys())
+    keys = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"]).json())
+    claims = jwt.decode(token["access_token"], keys)
+    claims.validate()
+    out["sub"] = claims["sub"]
+    out["userinfo"] = client.get(meta["userinfo_endpoint"]).json()
+    intro = requests.post(meta["introspection_endpoint"], data={"token": token["access_token"]}, auth=(CLIENT_ID, SECRET))
+    out["active"] = intro.json().get("active")
+
+
+def device():
+    meta = discover()
+    grant = "urn:ietf:params:oauth:grant-type:device_code"
+    check(grant in meta["grant_types_supported"], "device grant advertised")
+    auth = (CLIENT_ID, SECRET) if SECRET else None
+    own = {} if SECRET else {"client_id": CLIENT_ID}
+    d = requests.post(meta["device_authorization_endpoint"], data={"scope": "openid profile offline_access", **own}, auth=auth)
+    check(d.status_code == 200, f"device authorization {d.status_code} {d.text}")
+    d = d.json()
+
+    def poll():
+        return requests.post(meta["token_endpoint"], data={"grant_type": grant, "device_code": d["device_code"], **own}, auth=auth)
+
+    out["pending"] = poll().json().get("error")
+    browser = requests.Session()
+    result = browse(browser, d["verification_uri_complete"])
+    check(result[0] == "status" and result[1] == 200, f"device page: {result}")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', result[2]).group(1)
+    forged = browser.post(f"{BASE}/if/device/", data={"csrf_token": "forged", "code": d["user_code"], "action": "approve"})
+    out["forged_status"] = forged.status_code
+    r = browser.post(f"{BASE}/if/device/", data={"csrf_token": csrf, "code": d["user_code"].lower(), "action": "approve"})
+    out["approve_status"] = r.status_code
+    tok = poll()
+    check(tok.status_code == 200, f"device token {tok.status_code} {tok.text}")
+    tok = tok.json()
+    out["token_keys"] = sorted(tok.keys())
+    keys = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"]).json())
+    claims = jwt.decode(tok["id_token"], keys)
+    claims.validate()
+    out["preferred_username"] = claims.get("preferred_username")
+    out["again"] = poll().json().get("error")
+
+
+{"device": device, "client_credentials": client_credentials, "full": full, "wrong_redirect": wrong_redirect, "pkce_plain": pkce_plain, "denied": denied, "bad_secret": bad_secret}[MODE]()
 print(json.dumps(out))

@@ -10,6 +10,7 @@ on_both_backends!(
     mfa_wrong_codes_are_throttled_across_logins,
     mfa_admin_without_mfa_is_sent_through_enrollment,
     mfa_cli_removal_and_recovery_link_bypass,
+    mfa_ldap_bind_with_password_and_code,
 );
 
 const INVALID_CODE: &str = "Invalid code.";
@@ -147,6 +148,16 @@ async fn mfa_totp_enrollment_login_replay_and_recovery_codes(env: Env) {
     assert_eq!(done["component"], "redirect", "{done}");
     let c5 = client();
     assert_eq!(password_step(base, &c5, "tina", "tina-password").await["component"], "authenticator_validate");
+    let page = c5
+        .get(format!("{base}/if/flow/default-authentication-flow/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("name=\"code\"") && page.contains("autocomplete=\"one-time-code\""), "{page}");
     let (_, old) = post(&c5, &login_url, json!({"code": codes[5]})).await;
     assert_eq!(old["errors"]["non_field_errors"], json!([INVALID_CODE]), "the old set is gone: {old}");
     let (_, ok) = post(&c5, &login_url, json!({"code": fresh[0]})).await;
@@ -297,5 +308,49 @@ async fn mfa_cli_removal_and_recovery_link_bypass(env: Env) {
     let again = env.cli(&["user", "mfa", "remove", "vic", &id], "");
     assert!(!again.status.success(), "already gone");
     assert_eq!(json_login(&client(), base, "vic", "vic-password").await["component"], "redirect");
+    server.stop();
+}
+
+/// authentik's code-based MFA over LDAP: `password;123456` when the provider requires it.
+async fn mfa_ldap_bind_with_password_and_code(env: Env) {
+    let path = env.dir.path().join("ldap-mfa.yaml");
+    std::fs::write(
+        &path,
+        r#"
+users:
+  - username: uma
+    password: uma-password
+providers:
+  - name: Directory
+    type: ldap
+    base_dn: dc=example,dc=test
+    mfa_support: true
+outposts:
+  - name: embedded
+    providers: [Directory]
+"#,
+    )
+    .unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    let server = env.start().await;
+    let base = server.base.clone();
+    let c = client();
+    assert_eq!(password_step(&base, &c, "uma", "uma-password").await["component"], "redirect");
+    let (secret, at) = enroll_totp(&base, &c, "phone").await;
+    let url = format!("ldap://127.0.0.1:{}", env.ldap);
+    let dn = "cn=uma,ou=users,dc=example,dc=test";
+    let whoami = |password: String| {
+        std::process::Command::new("ldapwhoami").args(["-x", "-H", &url, "-D", dn, "-w", &password]).output().unwrap()
+    };
+    let plain = whoami("uma-password".into());
+    assert!(!plain.status.success(), "the password alone is not enough once a device exists");
+    let wrong = whoami(format!("uma-password;{}", wrong_code(&secret, at)));
+    assert!(!wrong.status.success());
+    let ok = whoami(format!("uma-password;{}", oath(&secret, at + 30)));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(dn));
+    // The same code again is a replay.
+    let replay = whoami(format!("uma-password;{}", oath(&secret, at + 30)));
+    assert!(!replay.status.success(), "replayed code refused");
     server.stop();
 }

@@ -105,13 +105,15 @@ async fn oidc_authlib_public_client_and_error_cases(env: Env) {
     let server = env.start().await;
     let base = server.base.clone();
     let b = base.clone();
-    let (public, wrong, plain, denied, secret) = tokio::task::spawn_blocking(move || {
+    let (public, wrong, plain, denied, secret, cc, device) = tokio::task::spawn_blocking(move || {
         (
             rp("full", &b, "photos", "photos-spa", "-", "alice", "alice-password"),
             rp("wrong_redirect", &b, "immich", "immich", "immich-secret-0123456789", "alice", "alice-password"),
             rp("pkce_plain", &b, "photos", "photos-spa", "-", "alice", "alice-password"),
             rp("denied", &b, "immich", "immich", "immich-secret-0123456789", "mallory", "mallory-password"),
             rp("bad_secret", &b, "immich", "immich", "immich-secret-0123456789", "alice", "alice-password"),
+            rp("client_credentials", &b, "immich", "immich", "immich-secret-0123456789", "-", "-"),
+            rp("device", &b, "photos", "photos-spa", "-", "alice", "alice-password"),
         )
     })
     .await
@@ -135,5 +137,61 @@ async fn oidc_authlib_public_client_and_error_cases(env: Env) {
     assert_eq!(secret["status"], 401, "{secret}");
     assert_eq!(secret["error"], "invalid_client");
     assert!(secret["www_authenticate"].as_str().is_some_and(|w| w.starts_with("Basic")));
+    // Client credentials: a token for the client itself, no ID token, no refresh token.
+    assert_eq!(cc["sub"], "immich", "{cc}");
+    assert_eq!(
+        cc["token_keys"],
+        serde_json::json!(["access_token", "expires_at", "expires_in", "scope", "token_type"])
+    );
+    assert_eq!(cc["userinfo"]["sub"], "immich");
+    assert_eq!(cc["active"], true);
+
+    // Device authorization: pending until the user approves the code (CSRF-checked), then tokens once.
+    assert_eq!(device["pending"], "authorization_pending", "{device}");
+    assert_eq!(device["forged_status"], 403);
+    assert_eq!(device["approve_status"], 200);
+    assert_eq!(device["preferred_username"], "alice");
+    assert!(device["token_keys"].as_array().unwrap().iter().any(|k| k == "refresh_token"), "{device}");
+    assert_eq!(device["again"], "expired_token");
+
+    // Malformed requests get the protocol's errors, never a 500.
+    let c = client();
+    let token = format!("{base}/application/o/token/");
+    let form = |body: &'static str| {
+        c.post(&token).header("content-type", "application/x-www-form-urlencoded").body(body).send()
+    };
+    let r = form("grant_type=password&client_id=immich&client_secret=immich-secret-0123456789").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    let r = form("client_id=immich&client_id=immich&grant_type=authorization_code").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+    let r = form("client_id=photos-spa&grant_type=authorization_code&code=nope&code_verifier=x").await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+    let r = form("client_id=nobody&grant_type=authorization_code&code=x").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.post(&token).body(vec![0xff, 0xfe, 0x00]).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let authorize = format!("{base}/application/o/authorize/?client_id=immich&client_id=immich&response_type=code");
+    let r = c.get(&authorize).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("location").is_none()), (400, true));
+    let r = c
+        .get(format!("{base}/application/o/authorize/?client_id=nobody&redirect_uri={REDIRECT}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("location").is_none()), (400, true));
+    let r = c.get(format!("{base}/application/o/userinfo/")).bearer_auth("not.a.jwt").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let r = c.get(format!("{base}/application/o/nothing/.well-known/openid-configuration")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(format!("{base}/application/o/revoke/"))
+        .form(&[("token", "x"), ("client_id", "photos-spa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "revoking an unknown token is not an error (RFC 7009)");
     server.stop();
 }
