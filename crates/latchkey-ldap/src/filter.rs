@@ -126,6 +126,7 @@ mod tests {
             base_ndn: "dc=example,dc=test".into(),
             search_group_id: None,
             search_group_name: None,
+            mfa_support: false,
         };
         let snap = crate::tree::tests::sample(p);
         snap.entries.iter().find(|e| e.ndn.starts_with("cn=alice,")).cloned().unwrap_or_else(|| unreachable!())

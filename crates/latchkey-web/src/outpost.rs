@@ -190,7 +190,7 @@ pub(crate) async fn verdict(
     target: &Url,
     method: String,
 ) -> WebResult<(Arc<ProxyProvider>, Verdict)> {
-    let Some(provider) = state.core.proxy.resolve(&target).await? else {
+    let Some(provider) = state.core.proxy.resolve(target).await? else {
         tracing::warn!(host = target.host_str().unwrap_or(""), "forward auth: no proxy provider for this host");
         return Err(WebError::not_found(format!(
             "No proxy provider protects {}; check the provider's external_host and cookie_domain.",
