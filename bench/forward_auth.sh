@@ -87,3 +87,12 @@ wrk -t2 -c64 -d60s "${HDRS[@]}" "$CHECK" | rps | sed 's/^/req\/s during: /'
 echo "after:  $(rss $LK) KiB"
 sleep 5
 echo "after 5 s idle: $(rss $LK) KiB"
+
+echo "== check latency, open-loop probe (bench/probe.py, 200 req/s for 10 s): alone, then during wrk -t2 -c64"
+export PROBE_HEADERS='{"X-Original-URL": "http://app.bench.test/some/page?x=1"}'
+echo "alone:       $(python3 bench/probe.py "$CHECK" "latchkey_session=$SESSION" 200 10)"
+wrk -t2 -c64 -d14s "${HDRS[@]}" "$CHECK" > /dev/null &
+LOAD=$!
+sleep 2
+echo "during wrk:  $(python3 bench/probe.py "$CHECK" "latchkey_session=$SESSION" 200 10)"
+wait "$LOAD"

@@ -2,10 +2,12 @@
 """Open-loop latency probe: GET a URL at a fixed rate over one keep-alive connection and
 report percentiles. Unlike wrk, it does not saturate the CPU itself, so what it measures is
 the server's answer time, not the load generator's scheduling."""
-import http.client, json, statistics, sys, time
+import http.client, json, os, statistics, sys, time
 from urllib.parse import urlsplit
 
 url, cookie = sys.argv[1], sys.argv[2]
+# More request headers as a JSON object, e.g. PROBE_HEADERS='{"X-Original-URL": "http://app/"}'.
+extra = json.loads(os.environ.get("PROBE_HEADERS", "{}"))
 rate = float(sys.argv[3]) if len(sys.argv) > 3 else 200
 seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10
 u = urlsplit(url)
@@ -19,7 +21,7 @@ while next_at < end:
     if now < next_at:
         time.sleep(next_at - now)
     start = time.perf_counter()
-    conn.request("GET", u.path, headers={"Cookie": cookie})
+    conn.request("GET", u.path, headers={"Cookie": cookie, **extra})
     r = conn.getresponse()
     r.read()
     lat.append((time.perf_counter() - start) * 1000)

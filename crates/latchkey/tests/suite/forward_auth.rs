@@ -679,6 +679,20 @@ async fn authelia_status_matrix(env: Env) {
     json_login(&m, &auth, "mallory", "mallory-password").await;
     assert_eq!(fwd(&m, "GET", "/private").header("accept", "text/html").send().await.unwrap().status(), 403);
     assert_eq!(ar(&m, &format!("{app}/private")).send().await.unwrap().status(), 403);
+
+    // Membership changes reach the (in-memory) check within a second, both ways.
+    for (cmd, want) in [("remove-member", 403), ("add-member", 200)] {
+        env.cli_ok(&["group", cmd, "family", "alice"], "");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let status = ar(&c, &format!("{app}/private")).send().await.unwrap().status();
+            if status == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{cmd}: still {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     server.stop();
 }
 
