@@ -232,6 +232,23 @@ http://localhost:{port} {{
     // Health of the outpost path through the proxy.
     assert_eq!(c.get(format!("{app}/outpost.goauthentik.io/ping")).send().await.unwrap().status(), 204);
 
+    // `latchkey doctor forward-auth` recognises the wiring, and an unprotected URL.
+    let doctor = env.cli(&["doctor", "forward-auth", &format!("{app}/private/page")], "");
+    assert!(
+        doctor.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&doctor.stdout),
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    assert!(String::from_utf8_lossy(&doctor.stdout).contains("sent to log in"));
+    let bare = env.cli(&["doctor", "forward-auth", &format!("http://127.0.0.1:{backend}/private/page")], "");
+    assert!(!bare.status.success());
+    assert!(
+        String::from_utf8_lossy(&bare.stderr).contains("does not ask Latchkey"),
+        "{}",
+        String::from_utf8_lossy(&bare.stderr)
+    );
+
     // Login, then back at the original URL with the identity headers; a forged header is overwritten.
     let (r, seen) = browse(&c, &format!("{app}/private/page?x=1"), Some(("alice", "alice-password"))).await;
     assert_eq!(r.status(), 200, "{seen:#?}");
