@@ -16,16 +16,26 @@ use crate::reputation::ReputationBook;
 use crate::store::Store;
 use uuid::Uuid;
 
+/// Fetches a Have I Been Pwned range (`SUFFIX:COUNT` lines) for a 5-character SHA-1 prefix.
+/// The binary provides the HTTP client; the core makes no network calls of its own.
+#[async_trait]
+pub trait HibpFetch: Send + Sync {
+    async fn range(&self, prefix: &str) -> Result<String, CoreError>;
+}
+
 /// What policies may look up outside the engine.
 pub struct CorePolicyEnv {
     reputation: ReputationBook,
+    hibp: Arc<std::sync::OnceLock<Arc<dyn HibpFetch>>>,
 }
 
 #[async_trait]
 impl PolicyEnv for CorePolicyEnv {
-    async fn hibp_range(&self, _prefix: &str) -> Result<String, CoreError> {
-        // Off by default; this instance makes no outbound requests, so the check cannot run.
-        Err(CoreError::invalid("The breach check (Have I Been Pwned) is not available on this instance."))
+    async fn hibp_range(&self, prefix: &str) -> Result<String, CoreError> {
+        match self.hibp.get() {
+            Some(fetch) => fetch.range(prefix).await,
+            None => Err(CoreError::invalid("The breach check (Have I Been Pwned) is not available on this instance.")),
+        }
     }
 
     async fn reputation(&self, key: &str) -> Result<i64, CoreError> {
@@ -39,11 +49,19 @@ pub struct Access {
     groups: GroupIndex,
     clock: Arc<dyn Clock>,
     env: Arc<dyn PolicyEnv>,
+    hibp: Arc<std::sync::OnceLock<Arc<dyn HibpFetch>>>,
 }
 
 impl Access {
     pub fn new(policies: Policies, groups: GroupIndex, clock: Arc<dyn Clock>, reputation: ReputationBook) -> Self {
-        Access { policies, groups, clock, env: Arc::new(CorePolicyEnv { reputation }) }
+        let hibp = Arc::new(std::sync::OnceLock::new());
+        let env = Arc::new(CorePolicyEnv { reputation, hibp: Arc::clone(&hibp) });
+        Access { policies, groups, clock, env, hibp }
+    }
+
+    /// Installs the breach-check client (once, at start-up).
+    pub fn set_hibp(&self, fetch: Arc<dyn HibpFetch>) {
+        let _ = self.hibp.set(fetch);
     }
 
     pub fn env(&self) -> &dyn PolicyEnv {

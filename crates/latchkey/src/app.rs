@@ -121,6 +121,7 @@ impl App {
         let core = Core::new(store.clone(), Arc::new(SystemClock), &secret, core_config(&config))
             .map_err(|e| anyhow!("{e}"))?;
         core.bootstrap().await.map_err(|e| anyhow!("cannot create the default objects: {e}"))?;
+        core.access.set_hibp(Arc::new(HttpHibp::new(&config.password.hibp_url)?));
         // Mails render from the same overridable templates as pages.
         core.mailer
             .set_templates(Arc::new(latchkey_web::templates::Templates::new(Some(config.data_dir.join("templates")))));
@@ -136,5 +137,37 @@ impl App {
         let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.ip().to_string() };
         let host = if host.contains(':') { format!("[{host}]") } else { host };
         format!("http://{host}:{}", addr.port())
+    }
+}
+
+/// The Have I Been Pwned range API over HTTPS (k-anonymity: only a 5-character hash prefix
+/// leaves the machine).
+pub struct HttpHibp {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl HttpHibp {
+    pub fn new(base: &str) -> anyhow::Result<HttpHibp> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .user_agent("latchkey")
+            .build()
+            .map_err(|e| anyhow!("cannot build the HTTP client for password breach checks: {e}"))?;
+        Ok(HttpHibp { client, base: base.trim_end_matches('/').to_string() })
+    }
+}
+
+#[async_trait::async_trait]
+impl latchkey_core::access::HibpFetch for HttpHibp {
+    async fn range(&self, prefix: &str) -> latchkey_core::Result<String> {
+        let fail =
+            |e: String| latchkey_core::CoreError::invalid(format!("The breach check could not be completed: {e}."));
+        let response =
+            self.client.get(format!("{}/{prefix}", self.base)).send().await.map_err(|e| fail(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("the service answered {}", response.status())));
+        }
+        response.text().await.map_err(|e| fail(e.to_string()))
     }
 }

@@ -68,6 +68,7 @@ const KEYS: &[&str] = &[
     "password.argon2_memory_kib",
     "password.argon2_iterations",
     "password.argon2_parallelism",
+    "password.hibp_url",
 ];
 
 /// authentik variable (without `AUTHENTIK_`) → our key, for the settings that
@@ -219,6 +220,10 @@ pub struct PasswordConfig {
     pub argon2_iterations: u32,
     #[serde(deserialize_with = "de::uint")]
     pub argon2_parallelism: u32,
+    /// Have I Been Pwned range API, for password policies with `check_hibp` (off by default;
+    /// only the first 5 hex characters of the password's SHA-1 are ever sent).
+    #[serde(deserialize_with = "de::string")]
+    pub hibp_url: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -316,7 +321,12 @@ impl Default for SessionConfig {
 impl Default for PasswordConfig {
     fn default() -> Self {
         // OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane).
-        Self { argon2_memory_kib: 19456, argon2_iterations: 2, argon2_parallelism: 1 }
+        Self {
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            hibp_url: "https://api.pwnedpasswords.com/range/".into(),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ on_both_backends!(
     consent_is_asked_once_remembered_and_asked_again_after_revocation,
     user_settings_and_password_change_validate_and_write,
     policy_test_prints_result_or_error,
+    breached_passwords_are_refused_through_the_hibp_range_api,
 );
 
 fn executor(base: &str, slug: &str) -> String {
@@ -290,4 +291,63 @@ async fn policy_test_prints_result_or_error(env: Env) {
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("line") || err.contains("column") || err.contains("position"), "{err}");
+}
+
+/// A stand-in for the Have I Been Pwned range API: knows one breached password.
+async fn fake_hibp(breached: &'static str) -> u16 {
+    use sha1::{Digest, Sha1};
+    let digest: String = Sha1::digest(breached.as_bytes()).iter().map(|b| format!("{b:02X}")).collect();
+    let (prefix, suffix) = (digest[..5].to_string(), digest[5..].to_string());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/range/{p}",
+        axum::routing::get(move |axum::extract::Path(p): axum::extract::Path<String>| {
+            let body = if p == prefix {
+                format!("0000000000000000000000000000000000A:1\r\n{suffix}:42\r\n")
+            } else {
+                String::new()
+            };
+            async move { body }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    port
+}
+
+async fn breached_passwords_are_refused_through_the_hibp_range_api(env: Env) {
+    let breached = "Correct-Horse-Breached-77";
+    let port = fake_hibp(breached).await;
+    env.create_user("pat", "pat-first-password", &[]);
+    apply_blueprint(
+        &env,
+        "hibp.yaml",
+        r#"
+policies:
+  - name: default-password-policy
+    kind: password
+    config: { length_min: 8, zxcvbn_score_threshold: 2, check_hibp: true }
+"#,
+    );
+    let mut cmd = env.command(&["serve"]);
+    cmd.env("LATCHKEY_PASSWORD__HIBP_URL", format!("http://127.0.0.1:{port}/range/"));
+    let server = Server::start_with(&env, cmd).await;
+    let base = &server.base;
+    let c = client();
+    json_login(&c, base, "pat", "pat-first-password").await;
+    let change = executor(base, "default-password-change");
+    let _ = get(&c, &change).await;
+    let (_, next, _) = post(&c, &change, json!({"password": "pat-first-password"})).await;
+    assert_eq!(next["component"], "prompt", "{next}");
+    let (_, refused, _) = post(&c, &change, json!({"password": breached, "password_repeat": breached})).await;
+    let message = refused["errors"]["password"][0].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("breach"), "{refused}");
+    let (_, done, _) = post(
+        &c,
+        &change,
+        json!({"password": "Unbreached-Horse-Battery-5", "password_repeat": "Unbreached-Horse-Battery-5"}),
+    )
+    .await;
+    assert_eq!(done["component"], "redirect", "{done}");
+    server.stop();
 }
