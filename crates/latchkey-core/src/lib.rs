@@ -119,7 +119,6 @@ impl Core {
             Arc::clone(&store),
             Arc::clone(&clock),
             access.clone(),
-            sessions.clone(),
             keys.flow_state.clone(),
             keys.encryption.clone(),
         );

@@ -120,6 +120,8 @@ pub enum TokenKind {
     Recovery,
     /// A link mailed by a flow's email stage; continues that flow (`description` names it).
     FlowLink,
+    /// A link confirming a new email address (`description` holds the address).
+    EmailChange,
     /// An OAuth2 authorization code (one use, 60 s; `description` holds the grant as JSON).
     OauthCode,
     /// An OAuth2 refresh token (rotated on use; `description` holds the grant as JSON).
@@ -133,6 +135,7 @@ impl TokenKind {
             TokenKind::Setup => "setup",
             TokenKind::Recovery => "recovery",
             TokenKind::FlowLink => "flow_link",
+            TokenKind::EmailChange => "email_change",
             TokenKind::OauthCode => "oauth_code",
             TokenKind::OauthRefresh => "oauth_refresh",
         }
@@ -143,6 +146,7 @@ impl TokenKind {
             "setup" => Some(TokenKind::Setup),
             "recovery" => Some(TokenKind::Recovery),
             "flow_link" => Some(TokenKind::FlowLink),
+            "email_change" => Some(TokenKind::EmailChange),
             "oauth_code" => Some(TokenKind::OauthCode),
             "oauth_refresh" => Some(TokenKind::OauthRefresh),
             _ => None,

@@ -26,7 +26,7 @@ use crate::error::{CoreError, Result};
 use crate::keys::DerivedKey;
 use crate::model::{Application, Change, User};
 use crate::policy::{PolicyUser, RequestFacts};
-use crate::sessions::{ActiveSession, Sessions};
+use crate::sessions::ActiveSession;
 use crate::store::Store;
 
 /// How long a login round trip may take before its state expires.
@@ -158,7 +158,6 @@ pub struct Proxy {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     access: Access,
-    sessions: Sessions,
     state_key: DerivedKey,
     encryption: DerivedKey,
     table: Arc<RwLock<Option<Arc<Table>>>>,
@@ -187,7 +186,6 @@ impl Proxy {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         access: Access,
-        sessions: Sessions,
         state_key: DerivedKey,
         encryption: DerivedKey,
     ) -> Self {
@@ -195,7 +193,6 @@ impl Proxy {
             store,
             clock,
             access,
-            sessions,
             state_key,
             encryption,
             table: Arc::new(RwLock::new(None)),
@@ -330,17 +327,16 @@ impl Proxy {
         Ok(self.table().await?.by_id.get(&id).cloned())
     }
 
-    /// Decides a forwarded request. `cookies` are the candidate session cookie values, in order.
-    pub async fn decide(&self, provider: &ProxyProvider, req: &ForwardedRequest, cookies: &[&str]) -> Result<Verdict> {
+    /// Decides a forwarded request made with `session` (already validated by the caller, so the
+    /// check costs one session lookup, not one per layer).
+    pub async fn decide(
+        &self,
+        provider: &ProxyProvider,
+        req: &ForwardedRequest,
+        session: Option<Arc<ActiveSession>>,
+    ) -> Result<Verdict> {
         if provider.skips(req.url.path()) {
             return Ok(Verdict::Anonymous);
-        }
-        let mut session = None;
-        for c in cookies {
-            if let Some(s) = self.sessions.validate(c).await? {
-                session = Some(s);
-                break;
-            }
         }
         let Some(session) = session else { return Ok(Verdict::LoginNeeded) };
         let Some(user) = self.user(session.user.id).await? else { return Ok(Verdict::LoginNeeded) };

@@ -52,7 +52,11 @@ impl Tokens {
         let prefix = match kind {
             TokenKind::Api => "lk_api_",
             TokenKind::Setup => "",
-            TokenKind::Recovery | TokenKind::FlowLink | TokenKind::OauthCode | TokenKind::OauthRefresh => "",
+            TokenKind::Recovery
+            | TokenKind::FlowLink
+            | TokenKind::EmailChange
+            | TokenKind::OauthCode
+            | TokenKind::OauthRefresh => "",
         };
         let secret = format!("{prefix}{}", random_secret(32));
         let now = self.clock.now();

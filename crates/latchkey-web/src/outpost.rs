@@ -197,19 +197,22 @@ pub(crate) async fn verdict(
             target.host_str().unwrap_or("this host")
         )));
     };
-    let cookie_name = provider.cookie_name();
-    let cookies: Vec<&str> = [caller.jar.get(&cookie_name), caller.jar.get(SESSION_COOKIE)]
-        .into_iter()
-        .flatten()
-        .map(|c| c.value())
-        .collect();
+    // The proxy's own cookie first, then Latchkey's (which the `Caller` extractor already
+    // validated). Both usually carry the same sealed value: validate only what differs.
+    let proxy_cookie = caller.jar.get(&provider.cookie_name()).map(|c| c.value().to_string());
+    let session = match proxy_cookie {
+        Some(v) if Some(&v) != caller.session_cookie().as_ref() => {
+            state.core.sessions.validate(&v).await?.or_else(|| caller.session.clone())
+        }
+        _ => caller.session.clone(),
+    };
     let req = ForwardedRequest {
         url: target.clone(),
         method,
         client_ip: caller.ip.map(|ip| ip.to_string()),
         user_agent: caller.user_agent.clone(),
     };
-    let verdict = state.core.proxy.decide(&provider, &req, &cookies).await?;
+    let verdict = state.core.proxy.decide(&provider, &req, session).await?;
     Ok((provider, verdict))
 }
 

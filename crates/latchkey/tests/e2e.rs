@@ -44,10 +44,6 @@ on_both_backends!(
     serve_applies_the_blueprint_directory,
 );
 
-fn executor(base: &str, slug: &str) -> String {
-    format!("{base}/api/v1/flows/executor/{slug}/")
-}
-
 async fn setup_link_works_once_and_only_with_its_token(env: Env) {
     let server = env.start().await;
     let link = server.setup_link().await;

@@ -151,9 +151,6 @@ async fn mark_email_verified(cx: &mut StageCx<'_>) -> Result<()> {
     cx.services.directory.update_user(&user, &cx.request.client).await
 }
 
-/// Token descriptions of pending email changes start with this, followed by the new address.
-const EMAIL_CHANGE: &str = "email-change:";
-
 /// Asks the owner of `new_email` to confirm it: the address changes only when the link mailed
 /// there is used (`/if/user/confirm-email/<token>/`).
 pub async fn request_email_change(
@@ -169,9 +166,9 @@ pub async fn request_email_change(
     let token = Token {
         id: Uuid::now_v7(),
         secret_hash: hash_secret(&secret),
-        kind: TokenKind::FlowLink,
+        kind: TokenKind::EmailChange,
         user_id: Some(user.id),
-        description: format!("{EMAIL_CHANGE}{new_email}"),
+        description: new_email.to_string(),
         created_at: now,
         expires_at: Some(now + Duration::hours(24)),
         used_at: None,
@@ -190,8 +187,8 @@ pub async fn request_email_change(
 
 /// The pending change a confirmation link stands for: the user and the new address.
 pub async fn pending_email_change(s: &FlowServices, secret: &str) -> Result<Option<(Token, User, String)>> {
-    let Some(token) = s.tokens.find(TokenKind::FlowLink, secret).await? else { return Ok(None) };
-    let Some(new_email) = token.description.strip_prefix(EMAIL_CHANGE).map(String::from) else { return Ok(None) };
+    let Some(token) = s.tokens.find(TokenKind::EmailChange, secret).await? else { return Ok(None) };
+    let new_email = token.description.clone();
     let Some(user_id) = token.user_id else { return Ok(None) };
     let Some(user) = s.store.get_user(user_id).await.map_err(CoreError::from_store)? else { return Ok(None) };
     Ok(Some((token, user, new_email)))

@@ -291,6 +291,16 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().expect("client")
 }
 
+/// The JSON flow executor's URL for `slug`.
+pub fn executor(base: &str, slug: &str) -> String {
+    format!("{base}/api/v1/flows/executor/{slug}/")
+}
+
+/// GET `url` and parse the JSON answer.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Logs in through the JSON executor; returns the final challenge.
 pub async fn json_login(c: &reqwest::Client, base: &str, login: &str, password: &str) -> serde_json::Value {
     let url = format!("{base}/api/v1/flows/executor/default-authentication-flow/");

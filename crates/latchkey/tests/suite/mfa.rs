@@ -15,18 +15,10 @@ on_both_backends!(
 
 const INVALID_CODE: &str = "Invalid code.";
 
-fn executor(base: &str, slug: &str) -> String {
-    format!("{base}/api/v1/flows/executor/{slug}/")
-}
-
 async fn post(c: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     let r = c.post(url).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
-}
-
-async fn get(c: &reqwest::Client, url: &str) -> Value {
-    c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn now() -> i64 {
@@ -58,7 +50,7 @@ async fn password_step(base: &str, c: &reqwest::Client, user: &str, password: &s
 /// and the time whose code confirmed it.
 async fn enroll_totp(base: &str, c: &reqwest::Client, name: &str) -> (String, i64) {
     let url = executor(base, "default-authenticator-totp-setup");
-    let ch = get(c, &url).await;
+    let ch = get_json(c, &url).await;
     assert_eq!(ch["component"], "authenticator_totp", "{ch}");
     let secret = ch["secret"].as_str().unwrap().to_string();
     let config_url = ch["config_url"].as_str().unwrap();
@@ -84,7 +76,7 @@ async fn mfa_totp_enrollment_login_replay_and_recovery_codes(env: Env) {
     let c = client();
     assert_eq!(password_step(base, &c, "tina", "tina-password").await["component"], "redirect");
     // The setup flows need a login.
-    let anonymous = get(&client(), &executor(base, "default-authenticator-totp-setup")).await;
+    let anonymous = get_json(&client(), &executor(base, "default-authenticator-totp-setup")).await;
     assert_eq!(anonymous["component"], "access_denied", "{anonymous}");
 
     let (secret, enrolled_at) = enroll_totp(base, &c, "pixel").await;
@@ -93,7 +85,7 @@ async fn mfa_totp_enrollment_login_replay_and_recovery_codes(env: Env) {
 
     // Recovery codes: ten, shown once, confirmed with {}.
     let url = executor(base, "default-authenticator-static-setup");
-    let ch = get(&c, &url).await;
+    let ch = get_json(&c, &url).await;
     assert_eq!(ch["component"], "authenticator_static", "{ch}");
     let codes: Vec<String> = ch["codes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     assert_eq!(codes.len(), 10);
@@ -142,7 +134,7 @@ async fn mfa_totp_enrollment_login_replay_and_recovery_codes(env: Env) {
     assert_eq!(ok["component"], "redirect", "{ok}");
 
     // Regenerating replaces the set.
-    let ch = get(&c4, &url).await;
+    let ch = get_json(&c4, &url).await;
     let fresh: Vec<String> = ch["codes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let (_, done) = post(&c4, &url, json!({})).await;
     assert_eq!(done["component"], "redirect", "{done}");

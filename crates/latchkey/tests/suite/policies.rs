@@ -13,19 +13,11 @@ on_both_backends!(
     breached_passwords_are_refused_through_the_hibp_range_api,
 );
 
-fn executor(base: &str, slug: &str) -> String {
-    format!("{base}/api/v1/flows/executor/{slug}/")
-}
-
 async fn post(c: &reqwest::Client, url: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
     let r = c.post(url).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, r.json().await.unwrap(), headers)
-}
-
-async fn get(c: &reqwest::Client, url: &str) -> Value {
-    c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn apply_blueprint(env: &Env, name: &str, yaml: &str) -> String {
@@ -41,7 +33,7 @@ async fn throttling_engages_says_when_and_an_admin_can_lift_it(env: Env) {
     let base = &server.base;
     let c = client();
     let url = executor(base, "default-authentication-flow");
-    let _ = get(&c, &url).await;
+    let _ = get_json(&c, &url).await;
     for _ in 0..5 {
         let (status, body, _) = post(&c, &url, json!({"uid_field": "alice", "password": "wrong"})).await;
         assert_eq!(status, 200, "{body}");
@@ -124,13 +116,13 @@ bindings:
     // Not in family (nested: kids ⊂ family), not the boss: denied.
     let c = client();
     json_login(&c, base, "outsider", "outsider-password").await;
-    let denied = get(&c, &url).await;
+    let denied = get_json(&c, &url).await;
     assert_eq!(denied["component"], "access_denied", "{denied}");
 
     // A member of a child group passes the flow binding and sees the prompt.
     let c = client();
     json_login(&c, base, "member", "member-password").await;
-    let prompt = get(&c, &url).await;
+    let prompt = get_json(&c, &url).await;
     assert_eq!(prompt["component"], "prompt", "{prompt}");
     let (status, body, _) = post(&c, &url, json!({})).await;
     assert_eq!(status, 400, "missing required field: {body}");
@@ -141,7 +133,7 @@ bindings:
     // The boss passes through the `any` flow bindings, and the negated stage binding skips the prompt.
     let c = client();
     json_login(&c, base, "boss", "boss-password").await;
-    let skipped = get(&c, &url).await;
+    let skipped = get_json(&c, &url).await;
     assert_eq!(skipped["component"], "redirect", "{skipped}");
     server.stop();
 }
@@ -179,27 +171,27 @@ applications:
 
     let c = client();
     json_login(&c, base, "carol", "carol-password").await;
-    let asked = get(&c, &url).await;
+    let asked = get_json(&c, &url).await;
     assert_eq!(asked["component"], "consent", "{asked}");
     assert_eq!(asked["application"]["slug"], "grafana");
     let (_, done, _) = post(&c, &answer, json!({})).await;
     assert_eq!(done["component"], "redirect");
     // Remembered.
-    assert_eq!(get(&c, &url).await["component"], "redirect");
+    assert_eq!(get_json(&c, &url).await["component"], "redirect");
     let listed = env.cli_ok(&["consent", "list", "carol"], "");
     assert!(listed.contains("grafana"), "{listed}");
     env.cli_ok(&["consent", "revoke", "--user", "carol", "--application", "grafana"], "");
-    assert_eq!(get(&c, &url).await["component"], "consent");
+    assert_eq!(get_json(&c, &url).await["component"], "consent");
 
     // Not in the allowed group: denied, never asked.
     let c = client();
     json_login(&c, base, "dave", "dave-password").await;
-    let denied = get(&c, &url).await;
+    let denied = get_json(&c, &url).await;
     assert_eq!(denied["component"], "access_denied", "{denied}");
     assert!(denied["error"].as_str().unwrap().contains("Grafana"));
 
     // Not logged in: the authorization flow requires it.
-    assert_eq!(get(&client(), &url).await["component"], "access_denied");
+    assert_eq!(get_json(&client(), &url).await["component"], "access_denied");
     server.stop();
 }
 
@@ -211,7 +203,7 @@ async fn user_settings_and_password_change_validate_and_write(env: Env) {
     json_login(&c, base, "erin", "erin-first-password").await;
 
     let settings = executor(base, "default-user-settings-flow");
-    let prompt = get(&c, &settings).await;
+    let prompt = get_json(&c, &settings).await;
     assert_eq!(prompt["component"], "prompt", "{prompt}");
     let email = prompt["fields"].as_array().unwrap().iter().find(|f| f["name"] == "email").unwrap();
     assert_eq!(email["initial_value"], "erin@example.test", "prefilled from the user");
@@ -256,7 +248,7 @@ async fn user_settings_and_password_change_validate_and_write(env: Env) {
     assert_eq!(c.post(&link).form(&[("csrf_token", csrf.as_str())]).send().await.unwrap().status(), 404, "single use");
 
     let change = executor(base, "default-password-change");
-    assert_eq!(get(&c, &change).await["component"], "password");
+    assert_eq!(get_json(&c, &change).await["component"], "password");
     let (_, wrong, _) = post(&c, &change, json!({"password": "not-it"})).await;
     assert!(!wrong["errors"].as_object().unwrap().is_empty());
     let (_, next, _) = post(&c, &change, json!({"password": "erin-first-password"})).await;
@@ -336,7 +328,7 @@ policies:
     let c = client();
     json_login(&c, base, "pat", "pat-first-password").await;
     let change = executor(base, "default-password-change");
-    let _ = get(&c, &change).await;
+    let _ = get_json(&c, &change).await;
     let (_, next, _) = post(&c, &change, json!({"password": "pat-first-password"})).await;
     assert_eq!(next["component"], "prompt", "{next}");
     let (_, refused, _) = post(&c, &change, json!({"password": breached, "password_repeat": breached})).await;

@@ -14,14 +14,6 @@ on_both_backends!(
     starttls_with_a_self_signed_certificate,
 );
 
-fn executor(base: &str, slug: &str) -> String {
-    format!("{base}/api/v1/flows/executor/{slug}/")
-}
-
-async fn get(c: &reqwest::Client, url: &str) -> Value {
-    c.get(url).send().await.unwrap().json().await.unwrap()
-}
-
 async fn post(c: &reqwest::Client, url: &str, body: Value) -> Value {
     c.post(url).json(&body).send().await.unwrap().json().await.unwrap()
 }
@@ -42,7 +34,7 @@ fn start_env(env: &Env, smtp: &SmtpServer) -> std::process::Command {
 async fn request_reset(base: &str, login: &str) -> Value {
     let c = client();
     let url = executor(base, "default-recovery-flow");
-    let first = get(&c, &url).await;
+    let first = get_json(&c, &url).await;
     assert_eq!(first["component"], "identification", "{first}");
     assert_eq!(first["password_fields"], false);
     post(&c, &url, json!({ "uid_field": login })).await
@@ -62,7 +54,7 @@ async fn recovery_by_email_round_trip(env: Env) {
     let base = &server.base;
 
     // The login page offers recovery.
-    let login = get(&client(), &executor(base, "default-authentication-flow")).await;
+    let login = get_json(&client(), &executor(base, "default-authentication-flow")).await;
     assert_eq!(login["recovery_url"], "/if/flow/default-recovery-flow/");
 
     let a = client();
@@ -84,7 +76,7 @@ async fn recovery_by_email_round_trip(env: Env) {
     // Opened in another browser: straight to the new password.
     let b = client();
     let url = format!("{}?query=flow_token%3D{token}", executor(base, "default-recovery-flow"));
-    let prompt = get(&b, &url).await;
+    let prompt = get_json(&b, &url).await;
     assert_eq!(prompt["component"], "prompt", "{prompt}");
     let answer = executor(base, "default-recovery-flow");
     let refused = post(&b, &answer, json!({"password": "short", "password_repeat": "short"})).await;
@@ -98,7 +90,7 @@ async fn recovery_by_email_round_trip(env: Env) {
     assert_eq!(json_login(&client(), base, "grace", "grace-old-password").await["component"], "identification");
     assert_eq!(json_login(&client(), base, "grace", "Brand-New-Secret-42").await["component"], "redirect");
     // The link is dead after use.
-    let again = get(&client(), &url).await;
+    let again = get_json(&client(), &url).await;
     assert_eq!(again["component"], "access_denied", "{again}");
     let page = client().get(format!("{base}/if/flow/default-recovery-flow/?flow_token={token}")).send().await.unwrap();
     assert_eq!(page.status(), 403);
@@ -159,15 +151,16 @@ async fn invitation_enrollment_round_trip(env: Env) {
     let base = &server.base;
 
     // Without an invitation, enrollment is closed.
-    let closed = get(&client(), &executor(base, "default-enrollment-flow")).await;
+    let closed = get_json(&client(), &executor(base, "default-enrollment-flow")).await;
     assert_eq!(closed["component"], "access_denied", "{closed}");
     let forged =
-        get(&client(), &format!("{}?query=itoken%3Dnot-a-real-one", executor(base, "default-enrollment-flow"))).await;
+        get_json(&client(), &format!("{}?query=itoken%3Dnot-a-real-one", executor(base, "default-enrollment-flow")))
+            .await;
     assert_eq!(forged["component"], "access_denied");
 
     let c = client();
     let url = enroll_url(base, &link);
-    let prompt = get(&c, &url).await;
+    let prompt = get_json(&c, &url).await;
     assert_eq!(prompt["component"], "prompt", "{prompt}");
     let email = prompt["fields"].as_array().unwrap().iter().find(|f| f["name"] == "email").unwrap();
     assert_eq!(email["initial_value"], "ivan@example.test");
@@ -192,7 +185,7 @@ async fn invitation_enrollment_round_trip(env: Env) {
     let shown = env.cli_ok(&["user", "show", "ivan"], "");
     assert!(shown.contains("family"), "joined the invitation's group: {shown}");
     // Single use.
-    let again = get(&client(), &url).await;
+    let again = get_json(&client(), &url).await;
     assert_eq!(again["component"], "access_denied", "{again}");
     assert!(env.cli_ok(&["invitation", "list"], "").contains("1/1"));
     server.stop();
@@ -222,7 +215,7 @@ stages:
     let url = executor(base, "default-enrollment-flow");
 
     let c = client();
-    assert_eq!(get(&c, &url).await["component"], "prompt");
+    assert_eq!(get_json(&c, &url).await["component"], "prompt");
     let other_domain = post(
         &c,
         &url,
@@ -266,7 +259,7 @@ stages:
     let base = &server.base;
     let url = executor(base, "default-enrollment-flow");
     let c = client();
-    let _ = get(&c, &url).await;
+    let _ = get_json(&c, &url).await;
     let check = post(
         &c,
         &url,
@@ -279,7 +272,7 @@ stages:
     let mail = mails.iter().find(|m| m.contains("kim@example.test")).expect("verification mail");
     let token = link_in(mail).split("flow_token=").nth(1).unwrap().to_string();
     let b = client();
-    let done = get(&b, &format!("{}?query=flow_token%3D{token}", executor(base, "default-enrollment-flow"))).await;
+    let done = get_json(&b, &format!("{}?query=flow_token%3D{token}", executor(base, "default-enrollment-flow"))).await;
     assert_eq!(done["component"], "redirect", "{done}");
     assert_eq!(b.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
     server.stop();
@@ -310,7 +303,7 @@ stages:
     let token = link_in(&mails[0]).split("flow_token=").nth(1).unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let expired =
-        get(&client(), &format!("{}?query=flow_token%3D{token}", executor(base, "default-recovery-flow"))).await;
+        get_json(&client(), &format!("{}?query=flow_token%3D{token}", executor(base, "default-recovery-flow"))).await;
     assert_eq!(expired["component"], "access_denied", "{expired}");
     assert!(expired["error"].as_str().unwrap().contains("Start again"));
 
