@@ -538,22 +538,29 @@ impl FlowEngine {
         };
         let mut effects = Effects::default();
         let step = match state.plan.get(state.index).cloned() {
-            Some(planned) => {
-                let handler = self.require_handler(&planned.kind)?;
-                let mut cx = StageCx {
-                    services: &self.services,
-                    state: &mut state,
-                    config: &planned.config,
-                    request: req,
-                    effects: &mut effects,
-                };
-                Some(handler.submit(&mut cx, &answer).await?)
-            }
+            Some(planned) => Some(self.run_stage(&planned, &mut state, req, &mut effects, Some(&answer)).await?),
             None => None,
         };
         let mut response = self.advance(&key, state, req, step).await?;
         merge_effects(&mut response.effects, effects);
         Ok(response)
+    }
+
+    /// Runs the planned stage: its `submit` with an answer, else its `challenge`.
+    async fn run_stage(
+        &self,
+        planned: &PlannedStage,
+        state: &mut FlowState,
+        request: &RequestInfo,
+        effects: &mut Effects,
+        answer: Option<&Map<String, Value>>,
+    ) -> Result<Step> {
+        let handler = self.require_handler(&planned.kind)?;
+        let mut cx = StageCx { services: &self.services, state, config: &planned.config, request, effects };
+        match answer {
+            Some(answer) => handler.submit(&mut cx, answer).await,
+            None => handler.challenge(&mut cx).await,
+        }
     }
 
     fn require_handler(&self, kind: &str) -> Result<Arc<dyn StageHandler>> {
@@ -608,15 +615,7 @@ impl FlowEngine {
                             continue;
                         }
                     }
-                    let handler = self.require_handler(&planned.kind)?;
-                    let mut cx = StageCx {
-                        services: &self.services,
-                        state: &mut state,
-                        config: &planned.config,
-                        request: req,
-                        effects: &mut effects,
-                    };
-                    handler.challenge(&mut cx).await?
+                    self.run_stage(&planned, &mut state, req, &mut effects, None).await?
                 }
             };
             match step {
