@@ -2,6 +2,7 @@
 //! (valid names, no group cycles, sessions ending when an account is locked) and audit.
 
 use serde_json::json;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -40,6 +41,20 @@ pub struct Directory {
 
 fn store_err(e: crate::StoreError) -> CoreError {
     CoreError::from_store(e)
+}
+
+/// A pending change, described so the directory can ask "would an administrator remain?"
+/// before making it.
+#[derive(Debug, Clone)]
+enum PendingChange {
+    /// The user is deleted or deactivated.
+    UserGone(Uuid),
+    /// The user leaves the group.
+    MembershipGone { group: Uuid, user: Uuid },
+    /// The group is deleted.
+    GroupGone(Uuid),
+    /// The group is saved with these fields (superuser flag, parent).
+    GroupChanged(Group),
 }
 
 /// Usernames: 1–150 characters of letters, digits and `. _ @ + -` (Django's rule, so
@@ -166,6 +181,9 @@ impl Directory {
             validate_email(e)?;
         }
         let before = self.get_user(user.id).await?;
+        if before.is_active && !user.is_active {
+            self.ensure_admin_remains(PendingChange::UserGone(user.id)).await?;
+        }
         self.store.update_user(user).await.map_err(store_err)?;
         if before.is_active && !user.is_active {
             self.sessions.revoke_user(user.id).await?;
@@ -195,6 +213,7 @@ impl Directory {
 
     pub async fn delete_user(&self, username: &str, client: &ClientInfo) -> Result<User> {
         let user = self.require_user(username).await?;
+        self.ensure_admin_remains(PendingChange::UserGone(user.id)).await?;
         self.sessions.revoke_user(user.id).await?;
         self.store.delete_user(user.id).await.map_err(store_err)?;
         self.events.record("user_deleted", Some(&user), client, json!({})).await;
@@ -288,6 +307,7 @@ impl Directory {
                 ));
             }
         }
+        self.ensure_admin_remains(PendingChange::GroupChanged(group.clone())).await?;
         self.store.update_group(group).await.map_err(store_err)?;
         self.groups.invalidate();
         self.sessions.apply_change(&Change::Groups);
@@ -297,6 +317,7 @@ impl Directory {
 
     pub async fn delete_group(&self, name: &str, client: &ClientInfo) -> Result<Group> {
         let group = self.require_group(name).await?;
+        self.ensure_admin_remains(PendingChange::GroupGone(group.id)).await?;
         self.store.delete_group(group.id).await.map_err(store_err)?;
         self.groups.invalidate();
         self.sessions.apply_change(&Change::Groups);
@@ -316,6 +337,7 @@ impl Directory {
     pub async fn remove_member(&self, group: &str, username: &str, client: &ClientInfo) -> Result<()> {
         let group = self.require_group(group).await?;
         let user = self.require_user(username).await?;
+        self.ensure_admin_remains(PendingChange::MembershipGone { group: group.id, user: user.id }).await?;
         self.store.remove_member(group.id, user.id).await.map_err(store_err)?;
         self.sessions.apply_change(&Change::User(user.id));
         self.events.record("group_member_removed", Some(&user), client, json!({ "group": group.name })).await;
@@ -344,18 +366,58 @@ impl Directory {
 
     /// True once an active user is (directly or through nesting) in a superuser group.
     pub async fn admin_exists(&self) -> Result<bool> {
+        Ok(!self.active_admins(None).await?.is_empty())
+    }
+
+    /// Active superusers, as they are now or as they would be after `pending`.
+    async fn active_admins(&self, pending: Option<&PendingChange>) -> Result<HashSet<Uuid>> {
         let tree = self.groups.tree().await.map_err(store_err)?;
-        for group in tree.by_id.values() {
-            let is_super = tree.with_ancestors(&[group.id]).iter().any(|g| g.is_superuser);
-            if !is_super {
+        let mut groups: HashMap<Uuid, Group> = tree.by_id.clone();
+        match pending {
+            Some(PendingChange::GroupGone(id)) => {
+                groups.remove(id);
+                for g in groups.values_mut() {
+                    if g.parent_id == Some(*id) {
+                        g.parent_id = None;
+                    }
+                }
+            }
+            Some(PendingChange::GroupChanged(g)) => {
+                groups.insert(g.id, g.clone());
+            }
+            _ => {}
+        }
+        let hypothetical = crate::groups::Tree { by_id: groups };
+        let mut admins = HashSet::new();
+        for group in hypothetical.by_id.values() {
+            if !hypothetical.with_ancestors(&[group.id]).iter().any(|g| g.is_superuser) {
                 continue;
             }
             for id in self.store.direct_member_ids(group.id).await.map_err(store_err)? {
+                let excluded = match pending {
+                    Some(PendingChange::UserGone(u)) => *u == id,
+                    Some(PendingChange::MembershipGone { group: g, user }) => *g == group.id && *user == id,
+                    _ => false,
+                };
+                if excluded || admins.contains(&id) {
+                    continue;
+                }
                 if self.store.get_user(id).await.map_err(store_err)?.is_some_and(|u| u.is_active) {
-                    return Ok(true);
+                    admins.insert(id);
                 }
             }
         }
-        Ok(false)
+        Ok(admins)
+    }
+
+    /// Refuses a change that would leave no active superuser, when there is one now:
+    /// nobody could administer the directory any more except from the command line.
+    async fn ensure_admin_remains(&self, pending: PendingChange) -> Result<()> {
+        if self.active_admins(Some(&pending)).await?.is_empty() && !self.active_admins(None).await?.is_empty() {
+            return Err(CoreError::Conflict(
+                "This would leave no active superuser; make someone else a superuser first.".into(),
+            ));
+        }
+        Ok(())
     }
 }

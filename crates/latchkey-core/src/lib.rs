@@ -24,6 +24,7 @@ pub mod signing;
 pub mod store;
 pub mod throttle;
 pub mod tokens;
+pub mod version;
 
 pub use error::{CoreError, Result, StoreError};
 

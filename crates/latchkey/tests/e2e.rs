@@ -460,6 +460,23 @@ async fn cli_directory_tokens_and_backup(env: Env) {
 
     env.cli_ok(&["user", "delete", "frank"], "");
     assert!(!env.cli(&["user", "show", "frank"], "").status.success());
+
+    // The last active superuser cannot be removed, disabled or demoted in any way.
+    env.create_user("root", "root-password", &["--group", "admins"]);
+    let last = |args: &[&str]| {
+        let out = env.cli(args, "");
+        assert!(!out.status.success(), "{args:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no active superuser") && err.lines().count() == 1, "{err}");
+    };
+    last(&["user", "delete", "root"]);
+    last(&["user", "disable", "root"]);
+    last(&["group", "remove-member", "admins", "root"]);
+    last(&["group", "delete", "admins"]);
+    // With a second administrator the first may go.
+    env.create_user("root2", "root2-password", &["--group", "admins"]);
+    env.cli_ok(&["user", "delete", "root"], "");
+    last(&["user", "delete", "root2"]);
 }
 
 async fn health_metrics_and_security_headers(env: Env) {
