@@ -145,6 +145,8 @@ pub enum GroupCommand {
     AddMember { group: String, username: String },
     /// Remove a user from a group.
     RemoveMember { group: String, username: String },
+    /// Delete a group; its members stay, its child groups move to the top level.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

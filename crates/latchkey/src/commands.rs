@@ -175,6 +175,10 @@ pub async fn group(app: &App, command: GroupCommand) -> anyhow::Result<()> {
             dir.remove_member(&group, &username, &cli).await.map_err(core_err)?;
             println!("removed {username} from {group}");
         }
+        GroupCommand::Delete { name } => {
+            dir.delete_group(&name, &cli).await.map_err(core_err)?;
+            println!("deleted group {name}");
+        }
     }
     Ok(())
 }
