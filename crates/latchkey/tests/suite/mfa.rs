@@ -255,6 +255,21 @@ bindings:
     assert_eq!(json_login(&c, base, "root", "root-password").await["component"], "authenticator_validate");
     let (_, ok) = post(&c, &login_url, json!({"code": oath(&secret, at + 30)})).await;
     assert_eq!(ok["component"], "redirect", "{ok}");
+
+    // The admin loses the phone and it is removed: the policy still requires MFA, so the
+    // next login goes through enrollment again rather than locking the admin out.
+    let listed = env.cli_ok(&["user", "mfa", "list", "root"], "");
+    let id = listed.lines().find(|l| l.contains("admin phone")).unwrap().split_whitespace().next().unwrap().to_string();
+    env.cli_ok(&["user", "mfa", "remove", "root", &id], "");
+    let c = client();
+    let ch = json_login(&c, base, "root", "root-password").await;
+    assert_eq!(ch["component"], "authenticator_totp", "enrollment again, not a lockout: {ch}");
+    assert_ne!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200, "not in before enrolling");
+    let secret = ch["secret"].as_str().unwrap().to_string();
+    let (_, done) = post(&c, &login_url, json!({"code": oath(&secret, now()), "name": "new phone"})).await;
+    assert_eq!(done["component"], "redirect", "{done}");
+    assert_eq!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
+    assert!(env.cli_ok(&["user", "mfa", "list", "root"], "").contains("new phone"));
     server.stop();
 }
 
