@@ -27,6 +27,12 @@ const browser = await chromium.launch({
 try {
   const context = await browser.newContext();
   const page = await context.newPage();
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));
+  process.on('exit', (code) => {
+    if (code !== 0) console.error(JSON.stringify({ seen, console: consoleLines }));
+  });
   const cdp = await context.newCDPSession(page);
   await cdp.send('WebAuthn.enable');
   const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
@@ -37,8 +43,14 @@ try {
   });
 
   const loginPage = `${base}/if/flow/default-authentication-flow/`;
+  // The authenticator answers by itself (user presence simulated) only while this is on.
+  async function presence(enabled) {
+    await cdp.send('WebAuthn.setAutomaticPresenceSimulation', { authenticatorId, enabled });
+  }
   // Username and password on the identification step; returns where the browser landed.
+  // The page's passkey autofill request stays unanswered meanwhile.
   async function passwordLogin() {
+    await presence(false);
     await page.goto(loginPage);
     await page.fill('#uid_field', username);
     await page.fill('#password', password);
@@ -56,6 +68,7 @@ try {
   async function useKey(remember) {
     await page.waitForSelector('#webauthn-validate');
     if (remember) await page.check('#webauthn-validate input[name="remember_device"]');
+    await presence(true);
     await Promise.all([page.waitForNavigation(), page.click('#webauthn-validate button[type="submit"]')]);
     await page.waitForLoadState('load');
   }
@@ -64,7 +77,13 @@ try {
   seen.first_login = await passwordLogin();
   await page.goto(`${base}/if/flow/default-authenticator-webauthn-setup/`);
   await page.fill('#name', 'Virtual passkey');
-  await Promise.all([page.waitForURL('**/if/user/**'), page.click('#webauthn-register button[type="submit"]')]);
+  await presence(true);
+  await page.click('#webauthn-register button[type="submit"]');
+  await page.waitForURL('**/if/user/**', { timeout: 10000 }).catch(async (e) => {
+    seen.register_page = (await page.content()).slice(0, 4000);
+    seen.console = consoleLines;
+    throw e;
+  });
   const { credentials } = await cdp.send('WebAuthn.getCredentials', { authenticatorId });
   seen.credentials = credentials.length;
   seen.resident = credentials.every((c) => c.isResidentCredential);
@@ -78,14 +97,22 @@ try {
   seen.second_factor = new URL(page.url()).pathname;
   await forgetSession();
 
-  // 3. Passwordless: the username field offers passkeys (autofill) and the button asks.
+  // 3. Passwordless with the button: the browser's passkey dialog.
   await gate('passwordless');
+  await presence(false);
   await page.goto(loginPage);
   seen.autocomplete = await page.getAttribute('#uid_field', 'autocomplete');
   await page.waitForSelector('#passkey-login button', { state: 'visible' });
+  await presence(true);
   await Promise.all([page.waitForURL('**/if/user/**'), page.click('#passkey-login button')]);
   seen.passwordless = new URL(page.url()).pathname;
   await forgetSession();
+  // … and by autofill alone (conditional mediation): the page's pending request is answered
+  // as soon as the authenticator is present, without any click.
+  await page.goto(loginPage);
+  await page.waitForURL('**/if/user/**');
+  seen.conditional_ui = new URL(page.url()).pathname;
+  await logout();
 
   // 4. Remember this browser: the next login skips the second factor.
   await gate('remember');
@@ -116,6 +143,10 @@ try {
   seen.cloned_error = (await page.textContent('.errors').catch(() => null)) || null;
 
   console.log(JSON.stringify(seen));
+} catch (e) {
+  console.error(String(e && e.stack || e));
+  console.error(JSON.stringify({ seen }));
+  process.exitCode = 1;
 } finally {
   await browser.close();
 }

@@ -170,6 +170,14 @@ impl Mfa {
             selection["authenticatorAttachment"] = json!(attachment);
         }
         public_key.insert("authenticatorSelection".into(), selection);
+        if settings.user_verification != "required" {
+            // Browsers refuse credProtect "userVerificationRequired" unless verification is
+            // required; "optional with credential id list" still keeps a discoverable key
+            // from being listed without verification.
+            if let Some(ext) = public_key.get_mut("extensions").and_then(Value::as_object_mut) {
+                ext.insert("credentialProtectionPolicy".into(), json!("userVerificationOptionalWithCredentialIDList"));
+            }
+        }
         // Leave the choice between a platform passkey and a USB key to the browser.
         public_key.remove("hints");
         let mut state = serde_json::to_value(&state).map_err(internal)?;

@@ -116,6 +116,7 @@ stages:
     // Passwordless, offered as autofill on the username field.
     assert_eq!(seen["autocomplete"], "username webauthn", "{seen}");
     assert_eq!(seen["passwordless"], "/if/user/", "{seen}");
+    assert_eq!(seen["conditional_ui"], "/if/user/", "{seen}");
     // Remembered: the second login went straight in; after signing out everywhere it asked again.
     assert_eq!(seen["remembered_login"], "/if/user/", "{seen}");
     assert_eq!(seen["skipped_second_factor"], "/if/user/", "{seen}");
