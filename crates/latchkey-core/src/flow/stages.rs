@@ -170,8 +170,10 @@ impl Identification {
             return Ok(Step::Malformed(challenge.error("passkey", "Passkey login is not enabled here.")));
         }
         let ip = cx.request.client.ip.clone();
-        // Throttled per address: the account is not known before the passkey is checked.
-        let throttle_key = "passkey";
+        // Throttled per address: the account is not known before the passkey is checked (a
+        // key shared by everyone would let one attacker lock out every passkey login).
+        let throttle_key = format!("passkey:{}", ip.as_deref().unwrap_or("-"));
+        let throttle_key = throttle_key.as_str();
         if let Some(wait) = cx.services.throttle.check(throttle_key, ip.as_deref()).await? {
             return Ok(throttled(cx, throttle_key, wait, challenge).await);
         }
