@@ -172,7 +172,13 @@ pub(crate) fn webauthn_answer(answer: &Map<String, Value>, field: &str) -> Optio
         Value::String(s) => Some(
             serde_json::from_str::<Value>(s)
                 .map_err(|e| format!("not a WebAuthn credential: the field is not JSON ({e})"))
-                .and_then(|v| if v.is_object() { Ok(v) } else { Err("not a WebAuthn credential: expected an object".into()) }),
+                .and_then(|v| {
+                    if v.is_object() {
+                        Ok(v)
+                    } else {
+                        Err("not a WebAuthn credential: expected an object".into())
+                    }
+                }),
         ),
         v @ Value::Object(_) => Some(Ok(v.clone())),
         _ => Some(Err("not a WebAuthn credential: expected an object".into())),
@@ -242,7 +248,10 @@ impl StageHandler for AuthenticatorWebauthn {
             return Ok(Step::Show(challenge.error("non_field_errors", INVALID_KEY)));
         };
         let mfa = &cx.services.mfa;
-        match mfa.finish_webauthn_registration(&cx.request.origin, &user, &state, &response, &name, &cx.request.client).await? {
+        match mfa
+            .finish_webauthn_registration(&cx.request.origin, &user, &state, &response, &name, &cx.request.client)
+            .await?
+        {
             Ok(_) => {
                 cx.state.data.remove(PENDING_WEBAUTHN_REGISTRATION);
                 Ok(Step::Next)
@@ -353,9 +362,7 @@ impl AuthenticatorValidate {
         if days > 0 && Self::wants_remember(answer) {
             let cookie = s.mfa.remember_browser(user, days).await?;
             cx.effects.remember_device = Some((cookie, days * 86_400));
-            s.events
-                .record("mfa_browser_remembered", Some(user), &cx.request.client, json!({ "days": days }))
-                .await;
+            s.events.record("mfa_browser_remembered", Some(user), &cx.request.client, json!({ "days": days })).await;
         }
         cx.state.data.remove(PENDING_WEBAUTHN_ASSERTION);
         cx.state.data.remove(SELECTED_CLASS);
@@ -363,7 +370,13 @@ impl AuthenticatorValidate {
     }
 
     /// A failed second factor: audited, counted for throttling, one generic message.
-    async fn failed(cx: &mut StageCx<'_>, user: &User, reason: &str, challenge: Challenge, message: &str) -> Result<Step> {
+    async fn failed(
+        cx: &mut StageCx<'_>,
+        user: &User,
+        reason: &str,
+        challenge: Challenge,
+        message: &str,
+    ) -> Result<Step> {
         let s = cx.services;
         let login = Self::login(user);
         let ip = cx.request.client.ip.clone();
@@ -513,7 +526,9 @@ impl StageHandler for AuthenticatorValidate {
                 // Picking which kind of device to use.
                 let Some(kind) = DeviceKind::parse(class).filter(|k| classes.contains(k)) else {
                     let challenge = Self::challenge_for(cx, &user, &classes).await?;
-                    return Ok(Step::Malformed(challenge.error("device_class", "Choose one of the listed device classes.")));
+                    return Ok(Step::Malformed(
+                        challenge.error("device_class", "Choose one of the listed device classes."),
+                    ));
                 };
                 cx.state.data.insert(SELECTED_CLASS.into(), json!(kind.as_str()));
                 return Ok(Step::Show(Self::challenge_for(cx, &user, &classes).await?));
@@ -541,7 +556,8 @@ impl StageHandler for AuthenticatorValidate {
             let Some(state) = assertion_state else {
                 return Self::failed(cx, &user, "invalid_webauthn", challenge, INVALID_KEY).await;
             };
-            return match s.mfa.verify_webauthn(&cx.request.origin, &user, &state, &response, &cx.request.client).await? {
+            return match s.mfa.verify_webauthn(&cx.request.origin, &user, &state, &response, &cx.request.client).await?
+            {
                 WebauthnCheck::Verified { method, .. } => Self::passed(cx, &user, method, answer).await,
                 WebauthnCheck::Malformed(reason) => Ok(Step::Malformed(challenge.error("webauthn", &reason))),
                 WebauthnCheck::Refused => Self::failed(cx, &user, "invalid_webauthn", challenge, INVALID_KEY).await,

@@ -159,7 +159,8 @@ impl Mfa {
             .start_securitykey_registration(user.id, &user.username, display, Some(existing), None, None)
             .map_err(internal)?;
         let mut options = serde_json::to_value(&options).map_err(internal)?;
-        let public_key = options.get_mut("publicKey").and_then(Value::as_object_mut).ok_or_else(|| internal("options"))?;
+        let public_key =
+            options.get_mut("publicKey").and_then(Value::as_object_mut).ok_or_else(|| internal("options"))?;
         // webauthn-rs asks for a non-discoverable security key; the stage's settings decide.
         let mut selection = json!({
             "residentKey": settings.resident_key_requirement,
@@ -206,7 +207,8 @@ impl Mfa {
             Ok(c) => c,
             Err(reason) => return Ok(Err(WebauthnCheck::Malformed(reason))),
         };
-        let (Some(rp), Ok(state)) = (relying_party(origin), serde_json::from_value::<SecurityKeyRegistration>(state.clone()))
+        let (Some(rp), Ok(state)) =
+            (relying_party(origin), serde_json::from_value::<SecurityKeyRegistration>(state.clone()))
         else {
             return Ok(Err(WebauthnCheck::Refused));
         };
@@ -218,7 +220,11 @@ impl Mfa {
             }
         };
         let credential_id = URL_SAFE_NO_PAD.encode(key.cred_id().as_ref());
-        if self.webauthn_devices(user.id).await?.iter().any(|d| d.data.get(CREDENTIAL_ID) == Some(&json!(credential_id)))
+        if self
+            .webauthn_devices(user.id)
+            .await?
+            .iter()
+            .any(|d| d.data.get(CREDENTIAL_ID) == Some(&json!(credential_id)))
         {
             return Ok(Err(WebauthnCheck::Refused));
         }
@@ -280,7 +286,8 @@ impl Mfa {
             Ok(c) => c,
             Err(reason) => return Ok(WebauthnCheck::Malformed(reason)),
         };
-        let (Some(rp), Ok(state)) = (relying_party(origin), serde_json::from_value::<SecurityKeyAuthentication>(state.clone()))
+        let (Some(rp), Ok(state)) =
+            (relying_party(origin), serde_json::from_value::<SecurityKeyAuthentication>(state.clone()))
         else {
             return Ok(WebauthnCheck::Refused);
         };
@@ -335,7 +342,8 @@ impl Mfa {
             return Ok(PasswordlessCheck::Refused);
         };
         // The same stored credential, as the discoverable type webauthn-rs wants here.
-        let passkey: Passkey = serde_json::from_value(serde_json::to_value(&key).map_err(internal)?).map_err(internal)?;
+        let passkey: Passkey =
+            serde_json::from_value(serde_json::to_value(&key).map_err(internal)?).map_err(internal)?;
         let outcome = rp.finish_discoverable_authentication(&credential, state, &[DiscoverableKey::from(&passkey)]);
         Ok(match self.conclude(&user, &device, outcome, client).await? {
             WebauthnCheck::Verified { device_id, method, .. } => {
@@ -385,7 +393,12 @@ impl Mfa {
         key.update_credential(&result);
         let mut data = device.data.clone();
         data[KEY] = serde_json::to_value(&key).map_err(internal)?;
-        if !self.store.replace_device_data(device.id, &device.data, &data, self.now()).await.map_err(CoreError::from_store)? {
+        if !self
+            .store
+            .replace_device_data(device.id, &device.data, &data, self.now())
+            .await
+            .map_err(CoreError::from_store)?
+        {
             return Ok(WebauthnCheck::Refused);
         }
         Ok(WebauthnCheck::Verified {
@@ -413,8 +426,10 @@ mod tests {
     fn settings_are_checked() {
         let s = RegistrationSettings::from_config(&json!({})).unwrap();
         assert_eq!(s, RegistrationSettings::default());
-        let s = RegistrationSettings::from_config(&json!({ "resident_key_requirement": "required", "authenticator_attachment": "platform" }))
-            .unwrap();
+        let s = RegistrationSettings::from_config(
+            &json!({ "resident_key_requirement": "required", "authenticator_attachment": "platform" }),
+        )
+        .unwrap();
         assert_eq!(s.resident_key_requirement, "required");
         assert_eq!(s.authenticator_attachment.as_deref(), Some("platform"));
         assert!(RegistrationSettings::from_config(&json!({ "user_verification": "always" })).is_err());
@@ -422,10 +437,16 @@ mod tests {
     }
 
     #[test]
-    fn registration_options_follow_the_settings() {
+    fn synced_passkeys_are_software_keys() {
+        assert_eq!(method_of(&json!({ "key": { "cred": { "backup_eligible": true } } })), "swk");
+        assert_eq!(method_of(&json!({ "key": { "cred": { "backup_eligible": false } } })), "hwk");
+        assert_eq!(method_of(&json!({})), "hwk");
+    }
+
+    #[test]
+    fn the_relying_party_id_is_the_host() {
         let rp = relying_party("https://auth.example.com").unwrap();
-        let (options, _) =
-            rp.start_securitykey_registration(Uuid::now_v7(), "ann", "Ann", None, None, None).unwrap();
+        let (options, _) = rp.start_securitykey_registration(Uuid::now_v7(), "ann", "Ann", None, None, None).unwrap();
         let v = serde_json::to_value(&options).unwrap();
         assert_eq!(v.pointer("/publicKey/rp/id"), Some(&json!("auth.example.com")));
     }
