@@ -16,7 +16,11 @@ const seen = {};
 async function gate(name) {
   if (!stepDir) return;
   console.log(JSON.stringify({ waiting: name }));
-  while (!existsSync(join(stepDir, `${name}.go`))) await new Promise((r) => setTimeout(r, 50));
+  // Bounded: a test that died between steps must not leave the browser waiting forever.
+  for (let waited = 0; !existsSync(join(stepDir, `${name}.go`)); waited += 50) {
+    if (waited > 120000) throw new Error(`step ${name} was never released`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 const browser = await chromium.launch({
