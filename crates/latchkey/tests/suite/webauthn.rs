@@ -32,6 +32,7 @@ async fn webauthn_passkeys_in_a_real_browser(env: Env) {
         return;
     }
     env.create_user("petra", "petra-password-1", &["--name", "Petra Passkey"]);
+    env.create_user("quinn", "quinn-password-1", &[]);
     // Remember-this-browser for 7 days on the login's validation stage.
     let blueprint = env.dir.path().join("remember.yaml");
     std::fs::write(
@@ -174,5 +175,27 @@ stages:
     assert_eq!(first["passkey_challenge"]["mediation"], "conditional", "{first}");
     let (status, body) = post(&c, &url, json!({"passkey": "nonsense"})).await;
     assert_eq!(status, 400, "{body}");
+
+    // Registration over JSON: the options carry the relying party and the user; malformed
+    // attestation JSON is a 400, a forged one the generic refusal, and nothing is stored.
+    let c = client();
+    assert_eq!(json_login(&c, &base, "quinn", "quinn-password-1").await["component"], "redirect");
+    let setup = executor(&base, "default-authenticator-webauthn-setup");
+    let ch = get_json(&c, &setup).await;
+    assert_eq!(ch["component"], "authenticator_webauthn", "{ch}");
+    let options = &ch["registration"]["publicKey"];
+    assert_eq!(options["rp"]["id"], "localhost", "{ch}");
+    assert_eq!(options["user"]["name"], "quinn", "{ch}");
+    assert_eq!(options["authenticatorSelection"]["residentKey"], "preferred", "{ch}");
+    assert_eq!(options["authenticatorSelection"]["userVerification"], "preferred", "{ch}");
+    let (status, body) = post(&c, &setup, json!({"response": {"id": []}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["errors"]["response"][0].as_str().unwrap().contains("not a WebAuthn credential"), "{body}");
+    let forged = json!({"response": {"id": "AAAA", "rawId": "AAAA", "type": "public-key",
+        "response": {"attestationObject": "AAAA", "clientDataJSON": "AAAA"}}, "name": "forged"});
+    let (status, body) = post(&c, &setup, forged).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errors"]["non_field_errors"], json!(["The security key or passkey was not accepted."]));
+    assert!(!env.cli_ok(&["user", "mfa", "list", "quinn"], "").contains("forged"));
     server.stop();
 }
