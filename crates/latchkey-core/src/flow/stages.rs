@@ -184,14 +184,14 @@ impl Identification {
             None => PasswordlessCheck::Refused,
         };
         match outcome {
-            PasswordlessCheck::Verified { user, method, device_id } => {
+            PasswordlessCheck::Verified { user, method, .. } => {
+                cx.services.throttle.success(throttle_key).await?;
                 cx.services.reputation.success(&user.username, ip.as_deref()).await;
                 cx.state.pending_user = Some(user.id);
                 cx.state.pending_login = Some(user.username.clone());
                 cx.state.amr.push(method.into());
                 // User verification (PIN, biometrics) was required: two factors in one.
                 cx.state.amr.push("mfa".into());
-                cx.state.data.insert("passkey_device".into(), json!(device_id));
                 Ok(Step::Next)
             }
             PasswordlessCheck::Malformed(reason) => Ok(Step::Malformed(challenge.error("passkey", &reason))),
