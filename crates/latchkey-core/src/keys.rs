@@ -66,6 +66,12 @@ impl DerivedKey {
         }
     }
 
+    /// An independent key for a narrower purpose (HMAC of the label), so that one purpose's
+    /// signatures never verify for another.
+    pub fn subkey(&self, label: &[u8]) -> DerivedKey {
+        DerivedKey(self.mac(label))
+    }
+
     /// `value.signature`, for cookies.
     pub fn seal(&self, value: &str) -> String {
         format!("{value}.{}", self.sign(value.as_bytes()))

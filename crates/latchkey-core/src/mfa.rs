@@ -27,6 +27,9 @@ use crate::keys::DerivedKey;
 use crate::model::{AuthenticatorDevice, DeviceKind, User};
 use crate::store::Store;
 
+pub mod remember;
+pub mod webauthn;
+
 pub const TOTP_DIGITS: usize = 6;
 pub const TOTP_STEP: u64 = 30;
 pub const TOTP_SKEW: u8 = 1;
@@ -54,6 +57,8 @@ pub struct Mfa {
     clock: Arc<dyn Clock>,
     events: Events,
     cipher: Arc<LessSafeKey>,
+    /// Signs "remember this browser" cookies.
+    remember_key: DerivedKey,
 }
 
 fn internal(e: impl std::fmt::Display) -> CoreError {
@@ -109,7 +114,8 @@ impl Mfa {
         mac.update(b"latchkey/v1/authenticator-secrets");
         let key: [u8; 32] = mac.finalize().into_bytes().into();
         let unbound = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| internal("bad encryption key"))?;
-        Ok(Mfa { store, clock, events, cipher: Arc::new(LessSafeKey::new(unbound)) })
+        let remember_key = encryption.subkey(b"latchkey/v1/remember-browser");
+        Ok(Mfa { store, clock, events, cipher: Arc::new(LessSafeKey::new(unbound)), remember_key })
     }
 
     fn seal(&self, device_id: Uuid, plain: &[u8]) -> Result<String> {
@@ -327,7 +333,13 @@ impl Mfa {
     /// Checks a code for the user: a TOTP code of any confirmed TOTP device (each code once),
     /// else an unused recovery code (then used up). Which kind of device took it, or `None`.
     pub async fn verify_code(&self, user: &User, code: &str) -> Result<Option<DeviceKind>> {
-        let devices: Vec<AuthenticatorDevice> = self.list(user.id).await?.into_iter().filter(|d| d.confirmed).collect();
+        self.verify_code_of(user, code, &[DeviceKind::Totp, DeviceKind::Static]).await
+    }
+
+    /// [`Mfa::verify_code`] limited to the device kinds in `allowed` (a stage's device classes).
+    pub async fn verify_code_of(&self, user: &User, code: &str, allowed: &[DeviceKind]) -> Result<Option<DeviceKind>> {
+        let devices: Vec<AuthenticatorDevice> =
+            self.list(user.id).await?.into_iter().filter(|d| d.confirmed && allowed.contains(&d.kind)).collect();
         for device in devices.iter().filter(|d| d.kind == DeviceKind::Totp) {
             if self.use_totp(device, code).await? {
                 return Ok(Some(DeviceKind::Totp));

@@ -18,6 +18,12 @@ use crate::keys::{hash_secret, random_secret, DerivedKey};
 use crate::model::{Change, Session, User};
 use crate::store::Store;
 
+/// Where a user's sign-out epoch is kept: the time of their last "sign out everywhere"
+/// (or password change, or disabling), as microseconds; absent when there was none.
+pub fn signout_epoch_key(user_id: Uuid) -> String {
+    format!("signout_epoch:{user_id}")
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSettings {
     /// A session unused for this long ends.
@@ -204,9 +210,12 @@ impl Sessions {
         Ok(session)
     }
 
-    /// Ends every session of a user; returns how many.
+    /// Ends every session of a user; returns how many. Also moves the user's sign-out epoch,
+    /// which voids what outlives sessions (browsers remembered for the second factor).
     pub async fn revoke_user(&self, user_id: Uuid) -> Result<u64> {
         self.forget_user(user_id);
+        let epoch = serde_json::json!(self.clock.now().timestamp_micros());
+        self.store.set_setting(&signout_epoch_key(user_id), &epoch).await.map_err(CoreError::from_store)?;
         self.store.delete_user_sessions(user_id).await.map_err(CoreError::from_store)
     }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 use crate::error::{WebError, WebResult};
-use crate::request::{Caller, SESSION_COOKIE};
+use crate::request::{Caller, REMEMBER_COOKIE, SESSION_COOKIE};
 use crate::state::AppState;
 
 fn parse_query(raw: Option<&str>) -> BTreeMap<String, String> {
@@ -42,6 +42,11 @@ fn apply_effects(caller: &Caller, mut jar: CookieJar, effects: &Effects) -> Cook
     }
     if let Some(value) = &effects.set_session {
         jar = jar.add(caller.cookie(SESSION_COOKIE, value.clone()));
+    }
+    if let Some((value, seconds)) = &effects.remember_device {
+        let mut cookie = caller.cookie(REMEMBER_COOKIE, value.clone());
+        cookie.set_max_age(time::Duration::seconds(*seconds));
+        jar = jar.add(cookie);
     }
     if effects.logins_ok > 0 {
         metrics::counter!("latchkey_logins_total", "result" => "ok").increment(effects.logins_ok.into());

@@ -67,6 +67,13 @@ async fn stylesheet() -> impl axum::response::IntoResponse {
     )
 }
 
+async fn webauthn_script() -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("../static/webauthn.js"),
+    )
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -77,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oidc::routes())
         .merge(authelia::routes())
         .route("/static/style.css", get(stylesheet))
+        .route("/static/webauthn.js", get(webauthn_script))
         .fallback(flows::fallback)
         .layer(axum::middleware::from_fn(metrics::middleware))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -18,6 +18,7 @@ use crate::state::AppState;
 pub const SESSION_COOKIE: &str = "latchkey_session";
 /// Identifies a browser's running flows and anchors CSRF tokens.
 pub const FLOW_COOKIE: &str = "latchkey_flow";
+pub use latchkey_core::mfa::remember::REMEMBER_COOKIE;
 
 /// The connection's scheme, set by the listener (`"https"` on the TLS port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,7 @@ impl Caller {
             host: self.host.clone(),
             path: Some(self.path.clone()),
             method: Some(self.method.clone()),
+            remember_device: self.jar.get(REMEMBER_COOKIE).map(|c| c.value().to_string()),
         }
     }
 

@@ -23,6 +23,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("stages/authenticator_totp.html", include_str!("../templates/stages/authenticator_totp.html")),
     ("stages/authenticator_static.html", include_str!("../templates/stages/authenticator_static.html")),
     ("stages/authenticator_validate.html", include_str!("../templates/stages/authenticator_validate.html")),
+    ("stages/authenticator_webauthn.html", include_str!("../templates/stages/authenticator_webauthn.html")),
     ("email/recovery.txt", include_str!("../templates/email/recovery.txt")),
     ("email/recovery.html", include_str!("../templates/email/recovery.html")),
     ("email/test.txt", include_str!("../templates/email/test.txt")),

@@ -815,3 +815,6 @@ mod oidc;
 
 #[path = "suite/mfa.rs"]
 mod mfa;
+
+#[path = "suite/webauthn.rs"]
+mod webauthn;

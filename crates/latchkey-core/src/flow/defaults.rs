@@ -43,12 +43,12 @@ fn default_flows() -> Vec<DefaultFlow> {
                 (
                     "default-authentication-identification",
                     "identification",
-                    json!({ "user_fields": ["username", "email"], "password_fields": true, "recovery_flow": "default-recovery-flow" }),
+                    json!({ "user_fields": ["username", "email"], "password_fields": true, "passkey_login": true, "recovery_flow": "default-recovery-flow" }),
                 ),
                 (
                     "default-authentication-mfa-validation",
                     "authenticator_validate",
-                    json!({ "device_classes": ["totp", "static"], "not_configured_action": "skip" }),
+                    json!({ "device_classes": ["totp", "static", "webauthn"], "not_configured_action": "skip", "remember_device_days": 0 }),
                 ),
                 ("default-authentication-login", "user_login", json!({})),
             ],
@@ -141,7 +141,7 @@ fn default_flows() -> Vec<DefaultFlow> {
                 (
                     "default-recovery-mfa-validation",
                     "authenticator_validate",
-                    json!({ "device_classes": ["totp", "static"], "not_configured_action": "skip" }),
+                    json!({ "device_classes": ["totp", "static", "webauthn"], "not_configured_action": "skip" }),
                 ),
                 ("default-recovery-login", "user_login", json!({})),
             ],
@@ -194,6 +194,18 @@ fn default_flows() -> Vec<DefaultFlow> {
             designation: FlowDesignation::StageConfiguration,
             settings: json!({ "authentication": "require_authenticated" }),
             stages: vec![("default-authenticator-static-setup", "authenticator_static", json!({}))],
+        },
+        DefaultFlow {
+            slug: "default-authenticator-webauthn-setup",
+            name: "Set up a security key or passkey",
+            title: "Set up a security key or passkey",
+            designation: FlowDesignation::StageConfiguration,
+            settings: json!({ "authentication": "require_authenticated" }),
+            stages: vec![(
+                "default-authenticator-webauthn-setup",
+                "authenticator_webauthn",
+                json!({ "user_verification": "preferred", "resident_key_requirement": "preferred" }),
+            )],
         },
         DefaultFlow {
             slug: "default-invalidation-flow",

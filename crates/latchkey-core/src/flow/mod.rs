@@ -109,6 +109,8 @@ pub struct RequestInfo {
     pub host: Option<String>,
     pub path: Option<String>,
     pub method: Option<String>,
+    /// The browser's "remember this browser" cookie for the second factor, if it sent one.
+    pub remember_device: Option<String>,
 }
 
 impl RequestInfo {
@@ -134,6 +136,8 @@ pub struct Effects {
     pub logins_failed: u32,
     /// The attempt was throttled: retry after this many seconds (adapters answer 429).
     pub retry_after: Option<u64>,
+    /// Set the "remember this browser" cookie to this value for this many seconds.
+    pub remember_device: Option<(String, i64)>,
 }
 
 /// A new plan, or the answer for a request the flow's policies refuse.
@@ -654,6 +658,9 @@ fn merge_effects(into: &mut Effects, from: Effects) {
     into.logins_ok += from.logins_ok;
     into.logins_failed += from.logins_failed;
     into.retry_after = into.retry_after.or(from.retry_after);
+    if from.remember_device.is_some() {
+        into.remember_device = from.remember_device;
+    }
 }
 
 fn default_target(designation: FlowDesignation) -> String {

@@ -28,6 +28,7 @@ pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
         Arc::new(super::authenticator::AuthenticatorTotp),
         Arc::new(super::authenticator::AuthenticatorStatic),
         Arc::new(super::authenticator::AuthenticatorValidate),
+        Arc::new(super::authenticator::AuthenticatorWebauthn),
     ]
 }
 
@@ -118,8 +119,11 @@ async fn login_succeeded(cx: &mut StageCx<'_>, login: &str) -> Result<()> {
     Ok(())
 }
 
-/// Asks who the user is, optionally with the password on the same step.
+/// Asks who the user is, optionally with the password on the same step, or takes a passkey.
 pub struct Identification;
+
+/// Where the identification stage keeps its passwordless ceremony state.
+const PASSKEY_STATE: &str = "identification_passkey";
 
 impl Identification {
     fn challenge_for(config: &Value) -> Challenge {
@@ -133,6 +137,80 @@ impl Identification {
             }
         }
         c
+    }
+
+    /// With `passkey_login: true`, a fresh challenge for passwordless login with a passkey
+    /// (discoverable credential; offered by browsers as autofill on the username field).
+    fn with_passkey(cx: &mut StageCx<'_>, challenge: Challenge) -> Result<Challenge> {
+        cx.state.data.remove(PASSKEY_STATE);
+        if !cx.config.get("passkey_login").and_then(Value::as_bool).unwrap_or(false) {
+            return Ok(challenge);
+        }
+        let Some((options, state)) = cx.services.mfa.begin_passwordless(&cx.request.origin)? else {
+            return Ok(challenge);
+        };
+        cx.state.data.insert(PASSKEY_STATE.into(), state);
+        Ok(challenge.with("passkey_challenge", options))
+    }
+
+    /// `{"passkey": {…assertion…}}`: the passkey names and authenticates its user; with user
+    /// verification it is both factors at once.
+    async fn passkey_login(
+        cx: &mut StageCx<'_>,
+        state: Option<Value>,
+        passkey: std::result::Result<Value, String>,
+        challenge: Challenge,
+    ) -> Result<Step> {
+        use crate::mfa::webauthn::PasswordlessCheck;
+        let response = match passkey {
+            Ok(v) => v,
+            Err(reason) => return Ok(Step::Malformed(challenge.error("passkey", &reason))),
+        };
+        if !challenge.data.contains_key("passkey_challenge") {
+            return Ok(Step::Malformed(challenge.error("passkey", "Passkey login is not enabled here.")));
+        }
+        let ip = cx.request.client.ip.clone();
+        // Throttled per address: the account is not known before the passkey is checked (a
+        // key shared by everyone would let one attacker lock out every passkey login).
+        let throttle_key = format!("passkey:{}", ip.as_deref().unwrap_or("-"));
+        let throttle_key = throttle_key.as_str();
+        if let Some(wait) = cx.services.throttle.check(throttle_key, ip.as_deref()).await? {
+            return Ok(throttled(cx, throttle_key, wait, challenge).await);
+        }
+        let outcome = match &state {
+            Some(state) => {
+                cx.services.mfa.verify_passwordless(&cx.request.origin, state, &response, &cx.request.client).await?
+            }
+            None => PasswordlessCheck::Refused,
+        };
+        match outcome {
+            PasswordlessCheck::Verified { user, method, .. } => {
+                cx.services.throttle.success(throttle_key).await?;
+                cx.services.reputation.success(&user.username, ip.as_deref()).await;
+                cx.state.pending_user = Some(user.id);
+                cx.state.pending_login = Some(user.username.clone());
+                cx.state.amr.push(method.into());
+                // User verification (PIN, biometrics) was required: two factors in one.
+                cx.state.amr.push("mfa".into());
+                Ok(Step::Next)
+            }
+            PasswordlessCheck::Malformed(reason) => Ok(Step::Malformed(challenge.error("passkey", &reason))),
+            PasswordlessCheck::Refused => {
+                let s = cx.services;
+                cx.effects.logins_failed += 1;
+                s.events
+                    .record_raw(
+                        "login_failed",
+                        None,
+                        None,
+                        &cx.request.client,
+                        json!({ "reason": "invalid_passkey", "flow": cx.state.flow_slug }),
+                    )
+                    .await;
+                s.throttle.failure(throttle_key, ip.as_deref()).await?;
+                Ok(Step::Show(challenge.error("non_field_errors", super::authenticator::INVALID_KEY)))
+            }
+        }
     }
 
     /// The account `login` names, honouring which identifiers this stage accepts.
@@ -164,11 +242,16 @@ impl StageHandler for Identification {
     }
 
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
-        Ok(Step::Show(Self::challenge_for(cx.config)))
+        let challenge = Self::with_passkey(cx, Self::challenge_for(cx.config))?;
+        Ok(Step::Show(challenge))
     }
 
     async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
-        let challenge = Self::challenge_for(cx.config);
+        let passkey_state = cx.state.data.remove(PASSKEY_STATE);
+        let challenge = Self::with_passkey(cx, Self::challenge_for(cx.config))?;
+        if let Some(passkey) = super::authenticator::webauthn_answer(answer, "passkey") {
+            return Self::passkey_login(cx, passkey_state, passkey, challenge).await;
+        }
         let with_password = challenge.data.get("password_fields").and_then(Value::as_bool).unwrap_or(false);
         let login = match required_str(answer, "uid_field", &challenge) {
             Ok(l) => l.trim().to_string(),

@@ -11,6 +11,7 @@ on_both_backends!(
     mfa_admin_without_mfa_is_sent_through_enrollment,
     mfa_cli_removal_and_recovery_link_bypass,
     mfa_ldap_bind_with_password_and_code,
+    mfa_device_choice_and_remembered_browser_over_json,
 );
 
 const INVALID_CODE: &str = "Invalid code.";
@@ -255,6 +256,21 @@ bindings:
     assert_eq!(json_login(&c, base, "root", "root-password").await["component"], "authenticator_validate");
     let (_, ok) = post(&c, &login_url, json!({"code": oath(&secret, at + 30)})).await;
     assert_eq!(ok["component"], "redirect", "{ok}");
+
+    // The admin loses the phone and it is removed: the policy still requires MFA, so the
+    // next login goes through enrollment again rather than locking the admin out.
+    let listed = env.cli_ok(&["user", "mfa", "list", "root"], "");
+    let id = listed.lines().find(|l| l.contains("admin phone")).unwrap().split_whitespace().next().unwrap().to_string();
+    env.cli_ok(&["user", "mfa", "remove", "root", &id], "");
+    let c = client();
+    let ch = json_login(&c, base, "root", "root-password").await;
+    assert_eq!(ch["component"], "authenticator_totp", "enrollment again, not a lockout: {ch}");
+    assert_ne!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200, "not in before enrolling");
+    let secret = ch["secret"].as_str().unwrap().to_string();
+    let (_, done) = post(&c, &login_url, json!({"code": oath(&secret, now()), "name": "new phone"})).await;
+    assert_eq!(done["component"], "redirect", "{done}");
+    assert_eq!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
+    assert!(env.cli_ok(&["user", "mfa", "list", "root"], "").contains("new phone"));
     server.stop();
 }
 
@@ -344,5 +360,86 @@ outposts:
     // The same code again is a replay.
     let replay = whoami(format!("uma-password;{}", oath(&secret, at + 30)));
     assert!(!replay.status.success(), "replayed code refused");
+    server.stop();
+}
+
+/// The device-class choice, and "remember this browser": a remembered browser skips the code
+/// until the password changes; a browser without the cookie is still asked.
+async fn mfa_device_choice_and_remembered_browser_over_json(env: Env) {
+    env.create_user("rita", "rita-password", &[]);
+    let path = env.dir.path().join("remember.yaml");
+    std::fs::write(
+        &path,
+        r#"
+stages:
+  - name: default-authentication-mfa-validation
+    kind: authenticator_validate
+    config:
+      device_classes: [totp, static]
+      remember_device_days: 30
+"#,
+    )
+    .unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    // Out-of-range settings are refused when applied.
+    std::fs::write(
+        &path,
+        "stages:\n  - name: default-authentication-mfa-validation\n    kind: authenticator_validate\n    config:\n      remember_device_days: -3\n",
+    )
+    .unwrap();
+    assert!(!env.cli(&["blueprint", "apply", path.to_str().unwrap()], "").status.success());
+    let server = env.start().await;
+    let base = &server.base;
+    let login_url = executor(base, "default-authentication-flow");
+    let c = client();
+    json_login(&c, base, "rita", "rita-password").await;
+    let (secret, at) = enroll_totp(base, &c, "phone").await;
+    let url = executor(base, "default-authenticator-static-setup");
+    let codes = get_json(&c, &url).await["codes"].clone();
+    post(&c, &url, json!({})).await;
+
+    // Two classes: the challenge lists them and the user picks one.
+    let browser = client();
+    let ch = password_step(base, &browser, "rita", "rita-password").await;
+    assert_eq!(ch["device_classes"], json!(["static", "totp"]), "{ch}");
+    assert_eq!(ch["remember_device_days"], 30);
+    assert!(ch.get("selected_class").is_none(), "{ch}");
+    let (status, picked) = post(&browser, &login_url, json!({"device_class": "static"})).await;
+    assert_eq!((status, picked["selected_class"].as_str()), (200, Some("static")), "{picked}");
+    let (status, bad) = post(&browser, &login_url, json!({"device_class": "webauthn"})).await;
+    assert_eq!(status, 400, "a class the user does not have: {bad}");
+    // A recovery code, remembering this browser.
+    let code = codes[0].as_str().unwrap();
+    let r = browser.post(&login_url).json(&json!({"code": code, "remember_device": true})).send().await.unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("latchkey_mfa_remember="))
+        .expect("remember cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("Max-Age=2592000"), "{cookie}");
+    assert_eq!(r.json::<Value>().await.unwrap()["component"], "redirect");
+
+    // The same browser logs in again without a code; another browser is asked.
+    browser.get(executor(base, "default-invalidation-flow")).send().await.unwrap();
+    assert_eq!(password_step(base, &browser, "rita", "rita-password").await["component"], "redirect");
+    assert_eq!(password_step(base, &client(), "rita", "rita-password").await["component"], "authenticator_validate");
+    // A forged or foreign cookie does not help.
+    let r = client()
+        .post(&login_url)
+        .header("cookie", "latchkey_mfa_remember=r1:00000000-0000-0000-0000-000000000000:9999999999:0:00.AAAA")
+        .json(&json!({"uid_field": "rita", "password": "rita-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["component"], "authenticator_validate");
+
+    // A new password voids the remembered browser.
+    env.cli_ok(&["user", "set-password", "rita", "--password-stdin"], "rita-new-password\n");
+    let ch = password_step(base, &browser, "rita", "rita-new-password").await;
+    assert_eq!(ch["component"], "authenticator_validate", "asked again after the password change: {ch}");
+    let (_, ok) = post(&browser, &login_url, json!({"code": oath(&secret, at + 30)})).await;
+    assert_eq!(ok["component"], "redirect", "{ok}");
     server.stop();
 }
