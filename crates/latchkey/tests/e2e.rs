@@ -815,3 +815,5 @@ mod oidc;
 
 #[path = "suite/mfa.rs"]
 mod mfa;
+#[path = "suite/api.rs"]
+mod api;
