@@ -513,6 +513,15 @@ fn one(kind: ObjectKind, body: &Value) -> Result<Blueprint> {
     Ok(bp)
 }
 
+/// The name blueprint errors label an entry with (`applications[0] (<name>)`).
+fn label_of(kind: ObjectKind, body: &Value) -> String {
+    let field = match kind {
+        ObjectKind::Application => "name",
+        _ => kind.key_field().unwrap_or(""),
+    };
+    body.get(field).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
 fn key_of(kind: ObjectKind, body: &Value) -> String {
     kind.key_field().and_then(|k| body.get(k)).and_then(Value::as_str).unwrap_or("").to_string()
 }
@@ -609,7 +618,8 @@ pub async fn create(core: &Core, kind: ObjectKind, mut body: Value, client: &Cli
         let field = kind.key_field().unwrap_or("name");
         return Err(CoreError::Conflict(format!("A {} with {field} '{key}' exists already.", kind.noun())));
     }
-    blueprint::apply_parsed(core, SOURCE, &bp, client, false).await.map_err(|e| relabel(e, kind, &key))?;
+    let label = label_of(kind, &body);
+    blueprint::apply_parsed(core, SOURCE, &bp, client, false).await.map_err(|e| relabel(e, kind, &label))?;
     let view = find_by_key(core, kind, &key)
         .await?
         .ok_or_else(|| CoreError::Internal(format!("{} '{key}' vanished after it was written", kind.noun())))?;
@@ -680,9 +690,9 @@ pub async fn update(
     }
     let mut body = Value::Object(merged);
     drop_nulls_of_required(kind, &mut body);
-    let key = key_of(kind, &body);
+    let label = label_of(kind, &body);
     let bp = one(kind, &body)?;
-    blueprint::apply_parsed(core, SOURCE, &bp, client, false).await.map_err(|e| relabel(e, kind, &key))?;
+    blueprint::apply_parsed(core, SOURCE, &bp, client, false).await.map_err(|e| relabel(e, kind, &label))?;
     let view = get(core, kind, id).await?;
     audit(core, "model_updated", kind, &view, client).await;
     Ok(view)

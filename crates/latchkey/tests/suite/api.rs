@@ -343,15 +343,15 @@ async fn api_last_superuser_is_protected_and_groups_nest(env: Env) {
     // With a second superuser, root can go.
     expect_error(&api.post(&format!("groups/{kids_id}/remove_user/"), json!({"pk": "0190a8c4-0000-7000-8000-000000000000"})).await, 422, "invalid");
     assert_eq!(api.post(&format!("groups/{admins_id}/remove_user/"), json!({"pk": root_id})).await.status, 204);
-    let root = expect(&api.get(&format!("users/{root_id}/")).await, 200).clone();
-    assert_eq!(root["groups"], json!([]));
     // root is no longer a superuser: its token now gets 403.
     expect_error(&api.get("users/").await, 403, "forbidden");
+    let kid_token = server_cli_token(&env, "kid");
+    let kid_api = Api::new(&server.base, Some(&kid_token));
+    let root = expect(&kid_api.get(&format!("users/{root_id}/")).await, 200).clone();
+    assert_eq!((root["groups"].clone(), root["is_superuser"].clone()), (json!([]), json!(false)));
 
     // kid is now the only superuser (through family): family may not go, admins may, and
     // deleting a parent makes its children top-level.
-    let kid_token = server_cli_token(&env, "kid");
-    let kid_api = Api::new(&server.base, Some(&kid_token));
     expect_error(&kid_api.delete(&format!("groups/{fid}/")).await, 409, "conflict");
     assert_eq!(kid_api.delete(&format!("groups/{admins_id}/")).await.status, 204);
     let orphan = expect(&kid_api.get(&format!("groups/{sub_id}/")).await, 200).clone();
@@ -389,14 +389,14 @@ async fn api_configuration_objects_crud(env: Env) {
     let wrong_field = api.post("providers/", json!({"name": "Bad", "type": "proxy", "client_id": "x"})).await;
     expect_error(&wrong_field, 422, "invalid");
     assert!(wrong_field.body["fields"]["client_id"].is_array(), "{}", wrong_field.body);
-    let bad_flow = api.post("providers/", json!({"name": "Bad", "type": "ldap", "bind_flow": "no-such-flow"})).await;
+    let bad_flow = api.post("providers/", json!({"name": "Bad", "type": "ldap", "base_dn": "dc=x", "bind_flow": "no-such-flow"})).await;
     assert!(expect(&bad_flow, 422)["fields"]["bind_flow"].is_array(), "{}", bad_flow.body);
     let bad_type = api.post("providers/", json!({"name": "Bad", "type": "saml"})).await;
     assert!(expect(&bad_type, 422)["fields"]["type"].is_array(), "{}", bad_type.body);
     expect_error(&api.post("providers/", json!({"name": "Home", "type": "proxy"})).await, 409, "conflict");
     let pid = proxy["id"].as_str().unwrap();
     let read = api.get(&format!("providers/{pid}/")).await;
-    let changed = api.patch_if(&format!("providers/{pid}/"), &read.etag(), json!({"cookie_domain": "home.test"})).await;
+    let changed = api.patch_if(&format!("providers/{pid}/"), &read.etag(), json!({"cookie_domain": "home.test", "external_host": "https://auth.home.test"})).await;
     assert_eq!(expect(&changed, 200)["cookie_domain"], "home.test");
     assert_eq!(changed.body["mode"], "forward_domain");
     expect_error(&api.patch_if(&format!("providers/{pid}/"), &read.etag(), json!({"mode": "forward_single"})).await, 409, "conflict");
