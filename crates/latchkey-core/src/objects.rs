@@ -133,9 +133,16 @@ impl ObjectKind {
                 "mfa_support",
             ],
             ObjectKind::Outpost => &["name", "type", "providers"],
-            ObjectKind::Flow => {
-                &["slug", "name", "title", "designation", "authentication", "denied_action", "policy_engine_mode", "stages"]
-            }
+            ObjectKind::Flow => &[
+                "slug",
+                "name",
+                "title",
+                "designation",
+                "authentication",
+                "denied_action",
+                "policy_engine_mode",
+                "stages",
+            ],
             ObjectKind::Stage => &["name", "kind", "config"],
             ObjectKind::Policy => &["name", "kind", "config", "execution_logging"],
             ObjectKind::Binding => {
@@ -391,13 +398,9 @@ pub async fn get(core: &Core, kind: ObjectKind, id: Uuid) -> Result<Value> {
             None => None,
         },
         ObjectKind::Provider => names.providers.iter().find(|p| p.id == id).map(|p| provider_view(p, &names)),
-        ObjectKind::Outpost => s
-            .list_outposts()
-            .await
-            .map_err(store_err)?
-            .iter()
-            .find(|o| o.id == id)
-            .map(|o| outpost_view(o, &names)),
+        ObjectKind::Outpost => {
+            s.list_outposts().await.map_err(store_err)?.iter().find(|o| o.id == id).map(|o| outpost_view(o, &names))
+        }
         ObjectKind::Flow => match names.flows.iter().find(|f| f.id == id) {
             Some(f) => Some(flow_view(core, f).await?),
             None => None,
@@ -466,7 +469,8 @@ pub fn page_values(items: Vec<Value>, query: &ListQuery, search_fields: &[&str],
 /// an API client wants the field and the message.
 fn relabel(e: CoreError, kind: ObjectKind, key: &str) -> CoreError {
     let CoreError::Invalid { message, fields } = e else { return e };
-    let label = if key.is_empty() { format!("{}[0]", kind.section()) } else { format!("{}[0] ({key})", kind.section()) };
+    let label =
+        if key.is_empty() { format!("{}[0]", kind.section()) } else { format!("{}[0] ({key})", kind.section()) };
     let mut out = FieldErrors::new();
     let mut first = None;
     for (path, messages) in fields {
@@ -477,8 +481,7 @@ fn relabel(e: CoreError, kind: ObjectKind, key: &str) -> CoreError {
             .unwrap_or("non_field_errors")
             .to_string();
         let prefix = format!("blueprint {SOURCE}: {path}: ");
-        let cleaned: Vec<String> =
-            messages.iter().map(|m| m.strip_prefix(&prefix).unwrap_or(m).to_string()).collect();
+        let cleaned: Vec<String> = messages.iter().map(|m| m.strip_prefix(&prefix).unwrap_or(m).to_string()).collect();
         if first.is_none() {
             first = cleaned.first().map(|m| format!("{field}: {m}"));
         }
@@ -568,7 +571,9 @@ async fn audit(core: &Core, action: &str, kind: ObjectKind, view: &Value, client
 
 fn without_nulls(v: Option<&Value>) -> Value {
     match v {
-        Some(Value::Object(m)) => Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Some(Value::Object(m)) => {
+            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
         Some(other) => other.clone(),
         None => Value::Null,
     }
@@ -740,7 +745,8 @@ mod tests {
         let mut fields = FieldErrors::new();
         fields.insert(
             "providers[0] (Grafana).client_secret".into(),
-            vec!["blueprint api: providers[0] (Grafana).client_secret: a confidential client needs a client_secret".into()],
+            vec!["blueprint api: providers[0] (Grafana).client_secret: a confidential client needs a client_secret"
+                .into()],
         );
         let e = CoreError::Invalid { message: "x".into(), fields };
         let CoreError::Invalid { message, fields } = relabel(e, ObjectKind::Provider, "Grafana") else { panic!() };

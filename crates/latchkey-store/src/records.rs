@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use crate::error::{corrupt, db_err, is_foreign_key_violation, is_unique_violation};
 use crate::feed;
-use crate::sql::{like_escape, list_page, ms, opt_ms, order_by, to_json_text, Arg, Filter, RowExt, SortField, StoreResult};
+use crate::sql::{
+    like_escape, list_page, ms, opt_ms, order_by, to_json_text, Arg, Filter, RowExt, SortField, StoreResult,
+};
 use crate::SqlStore;
 
 const TOKEN_COLS: &str = "id, secret_hash, kind, user_id, description, created_at, expires_at, used_at";

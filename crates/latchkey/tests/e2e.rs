@@ -813,7 +813,7 @@ mod recovery;
 #[path = "suite/oidc.rs"]
 mod oidc;
 
-#[path = "suite/mfa.rs"]
-mod mfa;
 #[path = "suite/api.rs"]
 mod api;
+#[path = "suite/mfa.rs"]
+mod mfa;

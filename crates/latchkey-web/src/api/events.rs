@@ -84,7 +84,8 @@ pub async fn list(State(state): State<AppState>, _admin: Admin, RawQuery(raw): R
         until: time(&params, "until")?,
         application: params.get("application").map(String::from),
     };
-    let page = state.core.store.list_events(&filter, &params.query).await.map_err(latchkey_core::CoreError::from_store)?;
+    let page =
+        state.core.store.list_events(&filter, &params.query).await.map_err(latchkey_core::CoreError::from_store)?;
     let items = page.items.into_iter().map(event_out).collect();
     Ok(Json(paginate(&params.query, Page { items, total: page.total })).into_response())
 }

@@ -225,7 +225,7 @@ pub async fn members(
             out.push(MemberOut { id: u.id, username: u.username, name: u.name, is_active: u.is_active });
         }
     }
-    out.sort_by(|a, b| a.username.to_lowercase().cmp(&b.username.to_lowercase()));
+    out.sort_by_key(|a| a.username.to_lowercase());
     Ok(Json(out))
 }
 

@@ -56,12 +56,9 @@ impl From<WebError> for ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::Invalid { message, fields } => ApiError(WebError {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "invalid",
-                message,
-                fields,
-            }),
+            CoreError::Invalid { message, fields } => {
+                ApiError(WebError { status: StatusCode::UNPROCESSABLE_ENTITY, code: "invalid", message, fields })
+            }
             other => ApiError(WebError::from(other)),
         }
     }
@@ -324,7 +321,7 @@ pub fn paginate<T>(query: &ListQuery, page: Page<T>) -> Paginated<T> {
             current: query.page.max(1),
             total_pages,
             next: if current < total_pages { current + 1 } else { 0 },
-            previous: if current > 1 { current - 1 } else { 0 },
+            previous: current.saturating_sub(1),
             start_index: start,
             end_index: if start == 0 { 0 } else { start + page.items.len() as u64 - 1 },
         },

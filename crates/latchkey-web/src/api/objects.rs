@@ -15,7 +15,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{expected_version, paginate, parse_id, with_etag, Admin, ApiResult, ErrorBody, JsonBody, ListParams, Pagination};
+use super::{
+    expected_version, paginate, parse_id, with_etag, Admin, ApiResult, ErrorBody, JsonBody, ListParams, Pagination,
+};
 use crate::state::AppState;
 
 /// An application: a tile in "My applications" and what access policies attach to.
@@ -259,13 +261,53 @@ macro_rules! object_api {
     };
 }
 
-object_api!(applications, ObjectKind::Application, "/api/v1/applications/", "/api/v1/applications/{id}/", "applications", ApplicationObject, ApplicationList);
-object_api!(providers, ObjectKind::Provider, "/api/v1/providers/", "/api/v1/providers/{id}/", "providers", ProviderObject, ProviderList);
-object_api!(outposts, ObjectKind::Outpost, "/api/v1/outposts/", "/api/v1/outposts/{id}/", "outposts", OutpostObject, OutpostList);
+object_api!(
+    applications,
+    ObjectKind::Application,
+    "/api/v1/applications/",
+    "/api/v1/applications/{id}/",
+    "applications",
+    ApplicationObject,
+    ApplicationList
+);
+object_api!(
+    providers,
+    ObjectKind::Provider,
+    "/api/v1/providers/",
+    "/api/v1/providers/{id}/",
+    "providers",
+    ProviderObject,
+    ProviderList
+);
+object_api!(
+    outposts,
+    ObjectKind::Outpost,
+    "/api/v1/outposts/",
+    "/api/v1/outposts/{id}/",
+    "outposts",
+    OutpostObject,
+    OutpostList
+);
 object_api!(flows, ObjectKind::Flow, "/api/v1/flows/", "/api/v1/flows/{id}/", "flows", FlowObject, FlowList);
 object_api!(stages, ObjectKind::Stage, "/api/v1/stages/", "/api/v1/stages/{id}/", "stages", StageObject, StageList);
-object_api!(policies, ObjectKind::Policy, "/api/v1/policies/", "/api/v1/policies/{id}/", "policies", PolicyObject, PolicyList);
-object_api!(bindings, ObjectKind::Binding, "/api/v1/bindings/", "/api/v1/bindings/{id}/", "bindings", BindingObject, BindingList);
+object_api!(
+    policies,
+    ObjectKind::Policy,
+    "/api/v1/policies/",
+    "/api/v1/policies/{id}/",
+    "policies",
+    PolicyObject,
+    PolicyList
+);
+object_api!(
+    bindings,
+    ObjectKind::Binding,
+    "/api/v1/bindings/",
+    "/api/v1/bindings/{id}/",
+    "bindings",
+    BindingObject,
+    BindingList
+);
 
 pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = applications::routes(r);

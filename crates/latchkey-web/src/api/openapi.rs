@@ -73,7 +73,9 @@ pub fn document() -> String {
     // Handlers of different resources share names (`list`, `create`…); operation ids must be
     // unique, so each is prefixed with its resource (`users_list`).
     for item in doc.paths.paths.values_mut() {
-        for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete].into_iter().flatten() {
+        for op in
+            [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete].into_iter().flatten()
+        {
             let tag = op.tags.as_ref().and_then(|t| t.first()).cloned().unwrap_or_default();
             if let Some(id) = &op.operation_id {
                 op.operation_id = Some(format!("{tag}_{id}"));

@@ -137,7 +137,11 @@ pub async fn create(State(state): State<AppState>, admin: Admin, body: JsonBody)
 /// One API token.
 #[utoipa::path(get, path = "/api/v1/tokens/{id}/", tag = "tokens", params(("id" = Uuid, Path)),
     responses((status = 200, body = TokenOut), (status = 404, body = ErrorBody)))]
-pub async fn retrieve(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<TokenOut>> {
+pub async fn retrieve(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenOut>> {
     let id = parse_id(&id, "token")?;
     let (tokens, ()) = api_tokens(&state).await?;
     let found = tokens.into_iter().find(|t| t.id == id).ok_or_else(|| CoreError::NotFound(format!("token {id}")))?;
