@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # REST API list latency with 10,000 users (issue 4 target: admin lists <= 50 ms server time).
-# Usage: bench/api_users.sh   (needs wrk; LATCHKEY_BIN=path uses that binary instead of a release build;
+# Usage: bench/api_users.sh   (needs wrk; BENCH_BIN=path uses that binary instead of a release build;
 #        LATCHKEY_DATABASE__URL=postgres://… measures PostgreSQL instead of SQLite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${LATCHKEY_BIN:-}" ]; then
+if [ -z "${BENCH_BIN:-}" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/latchkey-target}"
   cargo build --release -q -p latchkey
-  LATCHKEY_BIN="$CARGO_TARGET_DIR/release/latchkey"
+  BENCH_BIN="$CARGO_TARGET_DIR/release/latchkey"
 fi
-BIN="$LATCHKEY_BIN"
+BIN="$BENCH_BIN"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
