@@ -559,7 +559,16 @@ fn drop_nulls_of_required(kind: ObjectKind, body: &mut Value) {
     }
 }
 
+/// Other processes hear of a change through the store's feed; this one applies it now, so a
+/// client that just created a provider can use it with its next request.
+fn refresh_caches(core: &Core) {
+    core.access.policies.invalidate();
+    core.proxy.invalidate();
+    core.oauth.invalidate();
+}
+
 async fn audit(core: &Core, action: &str, kind: ObjectKind, view: &Value, client: &ClientInfo) {
+    refresh_caches(core);
     let name = kind.key_field().and_then(|k| view.get(k)).cloned().unwrap_or(Value::Null);
     let mut context = json!({ "model": kind.noun(), "id": view.get("id"), "name": name });
     if kind == ObjectKind::Application {
@@ -717,7 +726,6 @@ pub async fn delete(core: &Core, kind: ObjectKind, id: Uuid, client: &ClientInfo
         ObjectKind::Binding => s.delete_policy_binding(id).await,
     }
     .map_err(store_err)?;
-    core.access.policies.invalidate();
     audit(core, "model_deleted", kind, &view, client).await;
     Ok(())
 }

@@ -12,6 +12,7 @@ on_both_backends!(
     api_last_superuser_is_protected_and_groups_nest,
     api_configuration_objects_crud,
     api_tokens_events_and_settings,
+    api_bad_input_to_every_operation_is_never_a_500,
 );
 
 struct Api {
@@ -626,4 +627,85 @@ async fn api_tokens_events_and_settings(env: Env) {
     let audit = expect(&api.get("events/?action=settings_changed").await, 200).clone();
     assert_eq!(audit["pagination"]["count"], 1);
     assert_eq!(audit["results"][0]["context"]["actor"], "root");
+}
+
+/// Walks every operation of the served OpenAPI document and sends it malformed parameters,
+/// ids and bodies: every answer must be a clear 4xx (or a success), never a 5xx.
+async fn api_bad_input_to_every_operation_is_never_a_500(env: Env) {
+    let token = admin_token(&env);
+    let server = env.start().await;
+    let api = Api::new(&server.base, Some(&token));
+    let doc: Value =
+        client().get(format!("{}/api/v1/schema.json", server.base)).send().await.unwrap().json().await.unwrap();
+    // A real object of each collection, so edits with bad bodies reach validation.
+    let mut real_ids = std::collections::HashMap::new();
+    for collection in ["users", "groups", "flows", "stages", "outposts", "applications", "providers", "policies"] {
+        let list = api.get(&format!("{collection}/")).await;
+        if let Some(id) = list.body["results"][0]["id"].as_str() {
+            real_ids.insert(collection.to_string(), id.to_string());
+        }
+    }
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"\"text\"".to_vec(),
+        b"{\"name\": 1, \"username\": [], \"type\": {}, \"parent\": \"x\"}".to_vec(),
+        b"{\"name\": \"\\u0000\", \"slug\": \"../..\", \"config\": 5, \"target\": \"x\"}".to_vec(),
+        format!("{{\"name\": \"{}\", \"email\": \"{}\"}}", "n".repeat(5000), "@".repeat(300)).into_bytes(),
+        vec![0xff, 0xfe, 0x00],
+    ];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "patch", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let collection = path.trim_start_matches("/api/v1/").split('/').next().unwrap().to_string();
+            let mut ids =
+                vec!["not-an-id".to_string(), "0190a8c4-0000-7000-8000-000000000000".to_string(), "%00".to_string()];
+            if method != "delete" {
+                if let Some(id) = real_ids.get(&collection) {
+                    ids.push(id.clone());
+                }
+            }
+            for id in &ids {
+                let concrete = path
+                    .replace("{id}", id)
+                    .replace("{session_id}", "zz")
+                    .replace("{device_id}", "0190a8c4-0000-7000-8000-000000000000");
+                let url = format!("{}{concrete}?page=-1&page_size=x&ordering=%3Bdrop&since=nope&user=me", server.base);
+                let variants: Vec<Option<Vec<u8>>> = if method == "get" || method == "delete" {
+                    vec![None]
+                } else {
+                    bodies.iter().cloned().map(Some).collect()
+                };
+                for body in variants {
+                    let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                    let mut rb = api.c.request(m, &url).bearer_auth(&token);
+                    if let Some(b) = body.clone() {
+                        rb = rb.header("content-type", "application/json").body(b);
+                    }
+                    let r = rb.send().await.unwrap();
+                    let status = r.status().as_u16();
+                    let text = r.text().await.unwrap();
+                    assert!(
+                        status < 500,
+                        "{method} {concrete} with {:?}: {status} {text}",
+                        body.map(|b| String::from_utf8_lossy(&b).chars().take(80).collect::<String>())
+                    );
+                    if status >= 400 {
+                        let err: Value = serde_json::from_str(&text)
+                            .unwrap_or_else(|_| panic!("{method} {concrete}: not JSON: {text}"));
+                        assert!(err["error"].is_string() && err["message"].is_string(), "{method} {concrete}: {text}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} requests were sent");
+    // The administrator and the admins group survived it all.
+    let root = expect(&api.get("users/?search=root").await, 200).clone();
+    assert_eq!(root["results"][0]["is_superuser"], true);
 }
