@@ -490,16 +490,38 @@ fn relabel(e: CoreError, kind: ObjectKind, key: &str) -> CoreError {
     CoreError::Invalid { message: first.unwrap_or(message), fields: out }
 }
 
+/// A deserialization error as a field error: the path serde reports, or for a missing or
+/// unknown field (reported at the object itself) the field it names.
+pub fn serde_field_error(path: &str, message: &str) -> CoreError {
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next())
+        .map(|name| {
+            // serde_path_to_error puts an unknown field in the path already, a missing one not.
+            if path.is_empty() || path == "." {
+                name.to_string()
+            } else if path == name || path.ends_with(&format!(".{name}")) {
+                path.to_string()
+            } else {
+                format!("{path}.{name}")
+            }
+        });
+    let field = match named {
+        Some(f) => f,
+        None if path.is_empty() || path == "." => "non_field_errors".to_string(),
+        None => path.to_string(),
+    };
+    CoreError::Invalid {
+        message: format!("{field}: {message}"),
+        fields: [(field, vec![message.to_string()])].into_iter().collect(),
+    }
+}
+
 /// Reads a JSON body into a blueprint entry; type errors name the field.
 fn entry<T: DeserializeOwned>(body: &Value) -> Result<T> {
-    serde_path_to_error::deserialize::<_, T>(body.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path.is_empty() || path == "." { "non_field_errors".to_string() } else { path };
-        CoreError::Invalid {
-            message: format!("{field}: {}", e.inner()),
-            fields: [(field, vec![e.inner().to_string()])].into_iter().collect(),
-        }
-    })
+    serde_path_to_error::deserialize::<_, T>(body.clone())
+        .map_err(|e| serde_field_error(&e.path().to_string(), &e.inner().to_string()))
 }
 
 fn one(kind: ObjectKind, body: &Value) -> Result<Blueprint> {
@@ -746,6 +768,16 @@ mod tests {
         assert_eq!(page.total, 25);
         assert_eq!(page.items.len(), 5);
         assert_eq!(page.items[0]["name"], "app-20");
+    }
+
+    #[test]
+    fn serde_errors_name_the_field() {
+        let e: Result<crate::blueprint::StageEntry> = entry(&json!({"name": "x", "kind": "deny", "bogus": 1}));
+        let Err(CoreError::Invalid { fields, .. }) = e else { panic!() };
+        assert!(fields.contains_key("bogus"), "{fields:?}");
+        let e: Result<crate::blueprint::StageEntry> = entry(&json!({"name": "x"}));
+        let Err(CoreError::Invalid { fields, .. }) = e else { panic!() };
+        assert!(fields.contains_key("kind"), "{fields:?}");
     }
 
     #[test]

@@ -128,11 +128,8 @@ pub async fn update(core: &Core, patch: Value, expected: Option<&str>, client: &
             merged.insert(k, v);
         }
     }
-    let next: SystemSettings = serde_path_to_error::deserialize(Value::Object(merged)).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field.is_empty() || field == "." { "non_field_errors".to_string() } else { field };
-        field_error(&field, e.inner().to_string())
-    })?;
+    let next: SystemSettings = serde_path_to_error::deserialize(Value::Object(merged))
+        .map_err(|e| crate::objects::serde_field_error(&e.path().to_string(), &e.inner().to_string()))?;
     validate(core, &next).await?;
     let value = serde_json::to_value(&next).map_err(|e| CoreError::Internal(e.to_string()))?;
     core.store.set_setting(SETTINGS_KEY, &value).await.map_err(CoreError::from_store)?;

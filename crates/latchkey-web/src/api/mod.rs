@@ -208,9 +208,7 @@ impl JsonBody {
     /// Reads the body into `T`; a wrong type or an unknown field is a 422 naming the field.
     pub fn parse<T: DeserializeOwned>(&self) -> ApiResult<T> {
         serde_path_to_error::deserialize::<_, T>(self.0.clone()).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path.is_empty() || path == "." { "non_field_errors".to_string() } else { path };
-            invalid(&field, e.inner().to_string())
+            ApiError::from(latchkey_core::objects::serde_field_error(&e.path().to_string(), &e.inner().to_string()))
         })
     }
 

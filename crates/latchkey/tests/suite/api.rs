@@ -261,6 +261,11 @@ async fn api_users_pagination_errors_and_stale_edits(env: Env) {
     assert!(wrong_type.body["fields"]["username"].is_array(), "{}", wrong_type.body);
     let unknown = api.post("users/", json!({"username": "dave", "is_admin": true})).await;
     expect_error(&unknown, 422, "invalid");
+    assert!(unknown.body["fields"]["is_admin"].is_array(), "{}", unknown.body);
+    let missing = api.post("users/", json!({"name": "No Username"})).await;
+    assert!(expect(&missing, 422)["fields"]["username"].is_array(), "{}", missing.body);
+    let no_target = api.post("bindings/", json!({"policy": "x"})).await;
+    assert!(expect(&no_target, 422)["fields"]["target"].is_array(), "{}", no_target.body);
     let bad_name = api.post("users/", json!({"username": "no spaces please"})).await;
     expect_error(&bad_name, 422, "invalid");
     assert!(bad_name.body["fields"]["username"].is_array());
