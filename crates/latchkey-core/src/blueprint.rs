@@ -1169,25 +1169,40 @@ async fn validate_bindings(core: &Core, bp: &Blueprint, known: &Known, errs: &Er
 /// creates or updates what it declares. A database failure in the middle of the writes can
 /// leave a partial apply; applying the file again completes it.
 pub async fn apply(core: &Core, source_name: &str, yaml: &str, client: &ClientInfo) -> Result<ApplyReport> {
-    let errs = Errs { source: source_name };
     let bp = parse(source_name, yaml)?;
-    let known = load_known(core, &bp, &errs).await?;
-    validate(core, &bp, &known, &errs).await?;
+    apply_parsed(core, source_name, &bp, client, true).await
+}
+
+/// Applies an already parsed blueprint (the REST API builds one entry at a time, so its
+/// objects get the same validation as a file's). `audit` records `blueprint_applied`;
+/// callers that record their own event pass `false`.
+pub async fn apply_parsed(
+    core: &Core,
+    source_name: &str,
+    bp: &Blueprint,
+    client: &ClientInfo,
+    audit: bool,
+) -> Result<ApplyReport> {
+    let errs = Errs { source: source_name };
+    let known = load_known(core, bp, &errs).await?;
+    validate(core, bp, &known, &errs).await?;
 
     let mut w = Writer { core, client, report: ApplyReport::default(), known };
-    w.groups(&bp).await?;
-    w.users(&bp).await?;
-    w.stages(&bp).await?;
-    w.flows(&bp).await?;
-    w.policies(&bp).await?;
-    w.providers(&bp).await?;
-    w.applications(&bp).await?;
-    w.outposts(&bp).await?;
-    w.bindings(&bp).await?;
+    w.groups(bp).await?;
+    w.users(bp).await?;
+    w.stages(bp).await?;
+    w.flows(bp).await?;
+    w.policies(bp).await?;
+    w.providers(bp).await?;
+    w.applications(bp).await?;
+    w.outposts(bp).await?;
+    w.bindings(bp).await?;
     let report = w.report;
     if report.created + report.updated > 0 {
         // Other processes learn of the change through the store's feed; this one now.
         core.access.policies.invalidate();
+    }
+    if audit && report.created + report.updated > 0 {
         let kinds: Map<String, Value> = report
             .kinds
             .iter()

@@ -13,12 +13,15 @@ use crate::store::Store;
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// Username of who acted (an administrator using the API), recorded as `actor` in the
+    /// event's context: `user` names whom the event is about.
+    pub actor: Option<String>,
 }
 
 impl ClientInfo {
     /// The CLI acting on the local machine.
     pub fn cli() -> Self {
-        ClientInfo { ip: None, user_agent: Some("latchkey-cli".into()) }
+        ClientInfo { ip: None, user_agent: Some("latchkey-cli".into()), actor: None }
     }
 }
 
@@ -44,8 +47,11 @@ impl Events {
         user_id: Option<Uuid>,
         username: Option<String>,
         client: &ClientInfo,
-        context: Value,
+        mut context: Value,
     ) {
+        if let (Some(actor), Some(map)) = (&client.actor, context.as_object_mut()) {
+            map.insert("actor".into(), Value::String(actor.clone()));
+        }
         let event = Event {
             id: Uuid::now_v7(),
             created_at: self.clock.now(),

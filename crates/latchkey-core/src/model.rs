@@ -189,6 +189,8 @@ pub struct EventFilter {
     pub username: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Events whose context names this application slug (`"application": slug`).
+    pub application: Option<String>,
 }
 
 /// What a flow is for (authentik's designations).

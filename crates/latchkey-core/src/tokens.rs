@@ -180,6 +180,23 @@ impl Tokens {
         self.store.consume_token(token.id, self.clock.now()).await.map_err(CoreError::from_store)
     }
 
+    /// Revokes an API token (it stops working at once: tokens are checked on every request).
+    pub async fn delete_api_token(&self, id: Uuid, client: &ClientInfo) -> Result<Token> {
+        let token = self
+            .list(None)
+            .await?
+            .into_iter()
+            .find(|t| t.id == id && t.kind == TokenKind::Api)
+            .ok_or_else(|| CoreError::NotFound(format!("token {id}")))?;
+        self.store.delete_token(id).await.map_err(CoreError::from_store)?;
+        let user = match token.user_id {
+            Some(u) => self.store.get_user(u).await.map_err(CoreError::from_store)?,
+            None => None,
+        };
+        self.events.record("token_deleted", user.as_ref(), client, json!({ "token_id": id })).await;
+        Ok(token)
+    }
+
     pub async fn list(&self, user_id: Option<Uuid>) -> Result<Vec<Token>> {
         self.store.list_tokens(user_id).await.map_err(CoreError::from_store)
     }

@@ -158,7 +158,7 @@ impl Conn {
     }
 
     fn client(&self) -> ClientInfo {
-        ClientInfo { ip: Some(self.peer.ip().to_string()), user_agent: Some("ldap".into()) }
+        ClientInfo { ip: Some(self.peer.ip().to_string()), user_agent: Some("ldap".into()), actor: None }
     }
 
     // ---- bind ----

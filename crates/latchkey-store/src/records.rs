@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use crate::error::{corrupt, db_err, is_foreign_key_violation, is_unique_violation};
 use crate::feed;
-use crate::sql::{list_page, ms, opt_ms, order_by, to_json_text, Arg, Filter, RowExt, SortField, StoreResult};
+use crate::sql::{
+    like_escape, list_page, ms, opt_ms, order_by, to_json_text, Arg, Filter, RowExt, SortField, StoreResult,
+};
 use crate::SqlStore;
 
 const TOKEN_COLS: &str = "id, secret_hash, kind, user_id, description, created_at, expires_at, used_at";
@@ -185,6 +187,12 @@ impl EventStore for SqlStore {
         }
         if let Some(until) = filter.until {
             f.add("created_at < ?", Arg::Int(Some(ms(until))));
+        }
+        if let Some(app) = &filter.application {
+            // The context is stored as compact JSON, so the pair appears exactly like this.
+            let pair = serde_json::to_string(&serde_json::json!({ "application": app })).unwrap_or_default();
+            let pair = pair.trim_start_matches('{').trim_end_matches('}');
+            f.add("context LIKE ? ESCAPE '\\'", Arg::text(format!("%{}%", like_escape(pair))));
         }
         f.search(&["action", "username", "client_ip"], query.search.as_deref());
         let order = order_by(EVENT_SORT, query.ordering.as_deref(), "-created_at", "id DESC");

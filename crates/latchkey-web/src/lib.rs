@@ -1,6 +1,7 @@
 //! Latchkey's HTTP adapter: thin handlers that translate HTTP to calls on the core.
 //! One router per area, merged in [`router`].
 
+pub mod api;
 pub mod authelia;
 pub mod error;
 pub mod flows;
@@ -77,6 +78,7 @@ async fn webauthn_script() -> impl axum::response::IntoResponse {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(api::routes(state.clone()))
         .merge(flow_routes())
         .merge(portal_routes())
         .merge(health_routes())

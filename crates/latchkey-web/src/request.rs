@@ -44,7 +44,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn client(&self) -> ClientInfo {
-        ClientInfo { ip: self.ip.map(|ip| ip.to_string()), user_agent: self.user_agent.clone() }
+        ClientInfo { ip: self.ip.map(|ip| ip.to_string()), user_agent: self.user_agent.clone(), actor: None }
     }
 
     pub fn session_cookie(&self) -> Option<String> {

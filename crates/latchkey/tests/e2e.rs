@@ -813,6 +813,8 @@ mod recovery;
 #[path = "suite/oidc.rs"]
 mod oidc;
 
+#[path = "suite/api.rs"]
+mod api;
 #[path = "suite/mfa.rs"]
 mod mfa;
 
