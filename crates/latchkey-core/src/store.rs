@@ -57,6 +57,17 @@ pub trait GroupStore: Send + Sync {
     async fn direct_group_ids(&self, user_id: Uuid) -> StoreResult<Vec<Uuid>>;
     /// Users directly in the group.
     async fn direct_member_ids(&self, group_id: Uuid) -> StoreResult<Vec<Uuid>>;
+    /// Every direct membership as (group id, user id), in one read: whole-directory readers
+    /// (the LDAP snapshot) must not pay one query per group.
+    async fn all_memberships(&self) -> StoreResult<Vec<(Uuid, Uuid)>> {
+        let mut all = Vec::new();
+        for group in self.all_groups().await? {
+            for user in self.direct_member_ids(group.id).await? {
+                all.push((group.id, user));
+            }
+        }
+        Ok(all)
+    }
 }
 
 #[async_trait]
