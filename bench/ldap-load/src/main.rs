@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use ldap3_proto::control::LdapControl;
 use ldap3_proto::proto::*;
 use ldap3_proto::LdapCodec;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -139,7 +139,7 @@ async fn one(conn: &mut Conn, id: &mut i32, args: &Args, rng: &mut impl Rng) -> 
             check(&answers, Some(1))
         }
         "all" => {
-            let page = i32::try_from(args.num("page", 500)).unwrap_or(500);
+            let page = i64::try_from(args.num("page", 500)).unwrap_or(500);
             let mut cookie = Vec::new();
             let mut total = 0;
             loop {
@@ -191,7 +191,7 @@ async fn main() {
             if args.op != "bind" {
                 bind(&mut conn, &mut id, &args.get("bind_dn", ""), &args.get("bind_pw", "")).await?;
             }
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rngs::StdRng::from_entropy();
             let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
