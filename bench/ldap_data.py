@@ -1,13 +1,37 @@
 #!/usr/bin/env python3
-"""Writes the same directory for Latchkey (a blueprint) and for slapd (LDIF), for bench/ldap.sh.
+"""Writes the same directory for Latchkey and for slapd (LDIF), for bench/ldap.sh.
 
 ldap_data.py USERS GROUPS PASSWORD_HASH SSHA OUT_DIR
-Users user0..user{N-1} (user i in group i % GROUPS), plus `reader`, the account searches bind as
-(in the provider's search group for Latchkey; any bound user reads everything in slapd).
+    Users user0..user{N-1} (user i in group i % GROUPS), plus `reader`, the account searches
+    bind as (in the provider's search group for Latchkey; any bound user reads everything in
+    slapd). Latchkey gets a blueprint with the groups, `reader` and the provider;
+ldap_data.py --load-sqlite DB USERS GROUPS PASSWORD_HASH
+    then adds the users and memberships to its SQLite store in one transaction (a blueprint of
+    100,000 users would spend minutes on one commit per user; what is served is the same).
 """
 import json
 import os
+import sqlite3
 import sys
+import time
+import uuid
+
+if sys.argv[1] == "--load-sqlite":
+    db, users, groups, argon_hash = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    c = sqlite3.connect(db)
+    gid = {name: i for name, i in c.execute("SELECT name, id FROM groups")}
+    uid = (c.execute("SELECT max(uid_number) FROM users").fetchone()[0] or 1999) + 1
+    now = int(time.time() * 1000)
+    with c:
+        for i in range(users):
+            user_id = str(uuid.uuid4())
+            c.execute(
+                "INSERT INTO users (id, username, name, email, is_active, kind, attributes, password_hash, "
+                "password_changed_at, uid_number, created_at) VALUES (?, ?, ?, ?, 1, 'internal', '{}', ?, ?, ?, ?)",
+                (user_id, f"user{i}", f"User {i}", f"user{i}@example.test", argon_hash, now, uid + i, now),
+            )
+            c.execute("INSERT INTO group_members (group_id, user_id) VALUES (?, ?)", (gid[f"group{i % groups}"], user_id))
+    sys.exit(0)
 
 users, groups, argon_hash, ssha, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 base = "dc=example,dc=test"
@@ -19,11 +43,6 @@ with open(os.path.join(out, "latchkey.yaml"), "w") as f:
         f.write(f"  - name: group{g}\n")
     f.write("users:\n")
     f.write(f"  - username: reader\n    name: Reader\n    password_hash: {q(argon_hash)}\n    groups: [ldap-search]\n")
-    for i in range(users):
-        f.write(
-            f"  - username: user{i}\n    name: User {i}\n    email: user{i}@example.test\n"
-            f"    password_hash: {q(argon_hash)}\n    groups: [group{i % groups}]\n"
-        )
     f.write(
         "providers:\n  - name: Directory\n    type: ldap\n    base_dn: " + base + "\n"
         "    search_group: ldap-search\noutposts:\n  - name: embedded\n    providers: [Directory]\n"

@@ -120,7 +120,8 @@ async fn one(conn: &mut Conn, id: &mut i32, args: &Args, rng: &mut impl Rng) -> 
         "bind" => {
             // `same=1`: one account binding again and again (a service account; cache hits).
             let who = if args.get("same", "0") == "1" { 0 } else { i };
-            bind(conn, id, &format!("{rdn}=user{who},ou=users,{base}"), &args.get("password", "bench-password")).await?;
+            bind(conn, id, &format!("{rdn}=user{who},ou=users,{base}"), &args.get("password", "bench-password"))
+                .await?;
             Ok(0)
         }
         "uid" => {
@@ -145,7 +146,13 @@ async fn one(conn: &mut Conn, id: &mut i32, args: &Args, rng: &mut impl Rng) -> 
             loop {
                 let f = eq("objectClass", "inetOrgPerson".into());
                 let ctrl = vec![LdapControl::SimplePagedResults { size: page, cookie: cookie.clone() }];
-                let answers = call(conn, id, search_req(&format!("ou=users,{base}"), f, &["uid", "cn", "mail", "memberOf"]), ctrl).await?;
+                let answers = call(
+                    conn,
+                    id,
+                    search_req(&format!("ou=users,{base}"), f, &["uid", "cn", "mail", "memberOf"]),
+                    ctrl,
+                )
+                .await?;
                 total += check(&answers, None)?;
                 cookie = answers
                     .last()
@@ -222,7 +229,8 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct =
+        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
     println!(
         "op={} conns={} ops={} ops_per_s={:.0} entries_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
         args.op,

@@ -299,16 +299,12 @@ impl Conn {
             tracing::warn!(error = %e, "cannot reset the throttle");
         }
         // The right credentials; now the bind flow's and the application's policies decide.
-        let facts = RequestFacts {
-            client_ip: Some(ip.clone()),
-            user_agent: Some("ldap".into()),
-            ..Default::default()
+        let facts = RequestFacts { client_ip: Some(ip.clone()), user_agent: Some("ldap".into()), ..Default::default() };
+        let decision = match core.access.ldap_bind(&core.store, provider.id, provider.bind_flow_id, &user, facts).await
+        {
+            Ok(d) => d,
+            Err(e) => return unavailable("evaluate the bind policies", &e),
         };
-        let decision =
-            match core.access.ldap_bind(&core.store, provider.id, provider.bind_flow_id, &user, facts).await {
-                Ok(d) => d,
-                Err(e) => return unavailable("evaluate the bind policies", &e),
-            };
         if !decision.passing {
             core.events
                 .record(
@@ -326,12 +322,7 @@ impl Conn {
             return result(LdapResultCode::InsufficentAccessRights, &message);
         }
         core.events
-            .record(
-                "login",
-                Some(&user),
-                &client,
-                serde_json::json!({ "via": "ldap", "mfa": mfa, "token": by_token }),
-            )
+            .record("login", Some(&user), &client, serde_json::json!({ "via": "ldap", "mfa": mfa, "token": by_token }))
             .await;
         if !mfa && !by_token {
             self.service.remember_bind(key, user.id);
@@ -596,12 +587,12 @@ impl Conn {
         match &self.bound {
             Some(bound) => match snap.by_user_id.get(&bound.user_id) {
                 Some(&me) => Ok((Some(me), snap.sees_everything(me))),
-                None => {
-                    Err(result(LdapResultCode::InsufficentAccessRights, "The bound account is no longer active."))
-                }
+                None => Err(result(LdapResultCode::InsufficentAccessRights, "The bound account is no longer active.")),
             },
             None if snap.provider.as_ref().is_some_and(|p| p.anonymous_search) => Ok((None, true)),
-            None => Err(result(LdapResultCode::InsufficentAccessRights, "Anonymous searches are not allowed; bind first.")),
+            None => {
+                Err(result(LdapResultCode::InsufficentAccessRights, "Anonymous searches are not allowed; bind first."))
+            }
         }
     }
 

@@ -99,7 +99,11 @@ mod tests {
     /// The NAMEs of one attribute type description, lower case.
     fn names(description: &str) -> Vec<String> {
         let after = description.split(" NAME ").nth(1).unwrap_or("");
-        let part = if after.starts_with('(') { after.split(')').next().unwrap_or("") } else { after.split(' ').next().unwrap_or("") };
+        let part = if after.starts_with('(') {
+            after.split(')').next().unwrap_or("")
+        } else {
+            after.split(' ').next().unwrap_or("")
+        };
         part.split('\'').skip(1).step_by(2).map(|s| s.to_lowercase()).collect()
     }
 }

@@ -213,7 +213,11 @@ impl Snapshot {
         let info = LdapProvider {
             id: provider.id,
             name: provider.name.clone(),
-            bind_flow_id: provider.config.get("bind_flow_id").and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok()),
+            bind_flow_id: provider
+                .config
+                .get("bind_flow_id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| Uuid::parse_str(s).ok()),
             anonymous_search: provider.config.get("anonymous_search").and_then(|v| v.as_bool()).unwrap_or(false),
             base_dn: base_dn.clone(),
             base_ndn,
