@@ -33,6 +33,11 @@ pub trait UserStore: Send + Sync {
     /// Deletes the user, memberships, sessions and tokens. Records `Change::User`.
     async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
     async fn count_users(&self) -> StoreResult<u64>;
+    /// Every active user, in no particular order and without a count: one plain read for
+    /// whole-directory readers (the LDAP snapshot).
+    async fn all_active_users(&self) -> StoreResult<Vec<User>> {
+        Ok(self.list_users(&ListQuery::all()).await?.items.into_iter().filter(|u| u.is_active).collect())
+    }
 }
 
 #[async_trait]

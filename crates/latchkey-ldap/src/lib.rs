@@ -34,7 +34,7 @@ use crate::tree::{Snapshot, TreeError};
 pub const BIND_CACHE_TTL: Duration = Duration::from_secs(300);
 /// A snapshot older than this is rebuilt in the background even without a change signal, in
 /// case a change escaped the feed (a lagged receiver is handled, but this bounds the damage).
-const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(60);
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(300);
 /// A request that finds the snapshot stale waits for the rebuild only when rebuilds are this
 /// quick (small directories get read-your-writes); large ones keep answering from the
 /// previous snapshot while the next one is built in the background.

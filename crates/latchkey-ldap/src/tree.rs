@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use latchkey_core::model::{Group, ListQuery, Provider, User};
+use latchkey_core::model::{Group, Provider, User};
 use latchkey_core::{Core, CoreError, StoreError};
 use uuid::Uuid;
 
@@ -191,8 +191,9 @@ impl Snapshot {
             tracing::warn!(provider = %provider.name, "the LDAP provider has no valid base_dn");
             return Ok(Snapshot::empty());
         };
-        let users: Vec<User> =
-            core.store.list_users(&ListQuery::all()).await?.items.into_iter().filter(|u| u.is_active).collect();
+        let mut users: Vec<User> = core.store.all_active_users().await?;
+        // Entry order is the order searches return: by username, as before.
+        users.sort_unstable_by(|a, b| a.username.cmp(&b.username));
         let groups: Vec<Group> = core.store.all_groups().await?;
         // Three reads whatever the size of the directory: users, groups, memberships.
         let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::with_capacity(groups.len());
