@@ -44,7 +44,10 @@ fn snapshot() -> &'static Snapshot {
         };
         let members = HashMap::from([(family.id, vec![alice.id, bob.id])]);
         let provider = LdapProvider {
+            id: Uuid::nil(),
             name: "fuzz".into(),
+            bind_flow_id: None,
+            anonymous_search: false,
             base_dn: "dc=example,dc=test".into(),
             base_ndn: "dc=example,dc=test".into(),
             search_group_id: None,

@@ -163,4 +163,59 @@ impl Access {
     pub async fn policy_user(&self, user: &User) -> Result<PolicyUser> {
         PolicyUser::load(&self.groups, user).await
     }
+
+    /// May `user`, whose credentials were just verified, bind to the LDAP `provider`? As in
+    /// authentik, a bind runs the provider's bind flow: the flow's policy bindings decide,
+    /// then the access rules of the application that uses the provider (if one does).
+    /// `bind_flow_id` is the provider's bind flow; without one the default authentication flow
+    /// stands in, as it does in authentik.
+    pub async fn ldap_bind(
+        &self,
+        store: &Arc<dyn Store>,
+        provider_id: Uuid,
+        bind_flow_id: Option<Uuid>,
+        user: &User,
+        facts: RequestFacts,
+    ) -> Result<Decision> {
+        if !user.is_active {
+            return Ok(Decision { passing: false, messages: vec!["This account is disabled.".into()] });
+        }
+        let policy_user = PolicyUser::load(&self.groups, user).await?;
+        let application = store
+            .list_applications()
+            .await
+            .map_err(CoreError::from_store)?
+            .into_iter()
+            .find(|a| a.provider_id == Some(provider_id));
+        let flows = store.list_flows().await.map_err(CoreError::from_store)?;
+        let flow = match bind_flow_id {
+            Some(id) => flows.into_iter().find(|f| f.id == id),
+            None => flows.into_iter().find(|f| f.slug == crate::flow::LOGIN_FLOW),
+        };
+        if let Some(flow) = &flow {
+            let mut context = Map::new();
+            context.insert("flow".into(), json!(flow.slug));
+            context.insert("protocol".into(), json!("ldap"));
+            if let Some(app) = &application {
+                context.insert("application".into(), json!(app.slug));
+            }
+            let mut req = PolicyRequest::new(Some(policy_user.clone()), self.clock.now());
+            req.request = facts.clone();
+            req.context = context;
+            let mode = flow
+                .settings
+                .get("policy_engine_mode")
+                .and_then(Value::as_str)
+                .and_then(EngineMode::parse)
+                .unwrap_or_default();
+            let decision = self.check(BindingTarget::Flow(flow.id), mode, &req).await?;
+            if !decision.passing {
+                return Ok(decision);
+            }
+        }
+        match &application {
+            Some(app) => self.application_as(app, user, policy_user, facts).await,
+            None => Ok(Decision { passing: true, messages: Vec::new() }),
+        }
+    }
 }

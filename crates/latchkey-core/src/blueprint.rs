@@ -156,6 +156,7 @@ pub struct ProviderEntry {
     pub bind_flow: Option<String>,
     pub search_group: Option<String>,
     pub mfa_support: Option<bool>,
+    pub anonymous_search: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -557,7 +558,7 @@ fn provider_fields(kind: ProviderKind) -> &'static [&'static str] {
             "access_token_validity",
             "refresh_token_validity",
         ],
-        ProviderKind::Ldap => &["base_dn", "bind_flow", "search_group", "mfa_support"],
+        ProviderKind::Ldap => &["base_dn", "bind_flow", "search_group", "mfa_support", "anonymous_search"],
     }
 }
 
@@ -588,6 +589,7 @@ impl ProviderEntry {
         add("bind_flow", self.bind_flow.is_some());
         add("search_group", self.search_group.is_some());
         add("mfa_support", self.mfa_support.is_some());
+        add("anonymous_search", self.anonymous_search.is_some());
         given
     }
 }
@@ -1650,6 +1652,9 @@ impl Writer<'_> {
                 }
                 if let Some(v) = p.mfa_support {
                     put("mfa_support", json!(v));
+                }
+                if let Some(v) = p.anonymous_search {
+                    put("anonymous_search", json!(v));
                 }
             }
         }

@@ -33,6 +33,11 @@ pub trait UserStore: Send + Sync {
     /// Deletes the user, memberships, sessions and tokens. Records `Change::User`.
     async fn delete_user(&self, id: Uuid) -> StoreResult<()>;
     async fn count_users(&self) -> StoreResult<u64>;
+    /// Every active user, in no particular order and without a count: one plain read for
+    /// whole-directory readers (the LDAP snapshot).
+    async fn all_active_users(&self) -> StoreResult<Vec<User>> {
+        Ok(self.list_users(&ListQuery::all()).await?.items.into_iter().filter(|u| u.is_active).collect())
+    }
 }
 
 #[async_trait]
@@ -57,6 +62,17 @@ pub trait GroupStore: Send + Sync {
     async fn direct_group_ids(&self, user_id: Uuid) -> StoreResult<Vec<Uuid>>;
     /// Users directly in the group.
     async fn direct_member_ids(&self, group_id: Uuid) -> StoreResult<Vec<Uuid>>;
+    /// Every direct membership as (group id, user id), in one read: whole-directory readers
+    /// (the LDAP snapshot) must not pay one query per group.
+    async fn all_memberships(&self) -> StoreResult<Vec<(Uuid, Uuid)>> {
+        let mut all = Vec::new();
+        for group in self.all_groups().await? {
+            for user in self.direct_member_ids(group.id).await? {
+                all.push((group.id, user));
+            }
+        }
+        Ok(all)
+    }
 }
 
 #[async_trait]

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use latchkey_core::events::ClientInfo;
+use latchkey_core::model::UserKind;
+use latchkey_core::policy::RequestFacts;
 use ldap3_proto::control::LdapControl;
 use ldap3_proto::proto::*;
 use ldap3_proto::LdapCodec;
@@ -18,7 +20,7 @@ use uuid::Uuid;
 
 use crate::filter;
 use crate::tree::{Attr, Entry, Snapshot};
-use crate::{dn, LdapService};
+use crate::{dn, schema, LdapService};
 
 /// Largest request accepted; bigger ones end the connection.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
@@ -31,6 +33,7 @@ const MAX_PAGED: usize = 16;
 
 pub const OID_STARTTLS: &str = "1.3.6.1.4.1.1466.20037";
 const OID_PAGED: &str = "1.2.840.113556.1.4.319";
+const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
 
 pub enum Exit {
     Closed,
@@ -97,7 +100,20 @@ impl Conn {
             let request = match self.codec.decode(&mut input)? {
                 Some(m) => m,
                 None => {
-                    if io.read_buf(&mut input).await? == 0 {
+                    let idle = self.service.settings().idle_timeout;
+                    let read = io.read_buf(&mut input);
+                    let n = if idle.is_zero() {
+                        read.await?
+                    } else {
+                        match tokio::time::timeout(idle, read).await {
+                            Ok(n) => n?,
+                            Err(_) => {
+                                tracing::debug!(peer = %self.peer, "closing an idle LDAP connection");
+                                return Ok(Exit::Closed);
+                            }
+                        }
+                    };
+                    if n == 0 {
                         return Ok(Exit::Closed);
                     }
                     continue;
@@ -174,44 +190,39 @@ impl Conn {
             _ => return result(LdapResultCode::AuthMethodNotSupported, "Only simple binds are supported."),
         };
         if req.dn.is_empty() && password.is_empty() {
-            // Anonymous: allowed to bind, but it may only read the root DSE.
+            // Anonymous: allowed to bind; what it may read is the provider's anonymous_search.
             return result(LdapResultCode::Success, "");
         }
         if password.is_empty() {
             return result(LdapResultCode::UnwillingToPerform, "Unauthenticated binds are not allowed.");
         }
         let invalid = || result(LdapResultCode::InvalidCredentials, "Invalid credentials.");
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "LDAP bind cannot {what}");
+            result(LdapResultCode::Unavailable, "The directory is unavailable.")
+        };
         let snap = match self.service.snapshot().await {
             Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "LDAP bind cannot read the directory");
-                return result(LdapResultCode::Unavailable, "The directory is unavailable.");
-            }
+            Err(e) => return unavailable("read the directory", &e),
+        };
+        let Some(provider) = snap.provider.clone() else {
+            return invalid();
         };
         let Some(username) = bind_username(&snap, &req.dn) else {
             return invalid();
         };
-        let Some(base) = snap.provider.as_ref().map(|p| p.base_ndn.clone()) else {
-            return invalid();
-        };
-        let canonical = format!("cn={},ou=users,{base}", dn::escape(&username.to_lowercase()));
+        let canonical = format!("cn={},ou=users,{}", dn::escape(&username.to_lowercase()), provider.base_ndn);
         // Code-based MFA: a user with an authenticator binds with `password;code`. Such binds
         // are never cached: the code changes, and the password alone must not be enough.
         let core = Arc::clone(self.service.core());
-        let mfa = match snap.provider.as_ref().is_some_and(|p| p.mfa_support) {
+        let mfa = match provider.mfa_support {
             true => match core.store.get_user_by_username(&username).await {
                 Ok(Some(u)) => match core.mfa.configured_kinds(u.id).await {
                     Ok(kinds) => !kinds.is_empty(),
-                    Err(e) => {
-                        tracing::error!(error = %e, "LDAP bind cannot read authenticators");
-                        return result(LdapResultCode::Unavailable, "The directory is unavailable.");
-                    }
+                    Err(e) => return unavailable("read authenticators", &e),
                 },
                 Ok(None) => false,
-                Err(e) => {
-                    tracing::error!(error = %e, "LDAP bind cannot read the user");
-                    return result(LdapResultCode::Unavailable, "The directory is unavailable.");
-                }
+                Err(e) => return unavailable("read the user", &e),
             },
             false => false,
         };
@@ -238,50 +249,36 @@ impl Conn {
                 );
             }
             Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "LDAP bind cannot check the throttle");
-                return result(LdapResultCode::Unavailable, "The directory is unavailable.");
-            }
+            Err(e) => return unavailable("check the throttle", &e),
         }
         let user = match core.store.get_user_by_username(&username).await {
             Ok(u) => u,
-            Err(e) => {
-                tracing::error!(error = %e, "LDAP bind cannot read the user");
-                return result(LdapResultCode::Unavailable, "The directory is unavailable.");
-            }
+            Err(e) => return unavailable("read the user", &e),
         };
-        let mut ok = match core.directory.check_password(user.as_ref(), &password).await {
-            Ok(ok) => ok,
-            Err(e) => {
-                tracing::error!(error = %e, "LDAP bind cannot check the password");
-                return result(LdapResultCode::Unavailable, "The directory is unavailable.");
+        // A service account has no password: it binds with one of its API tokens. A token
+        // bind is not cached (a lookup by hash is cheap, and a revoked token must stop at once).
+        let mut by_token = false;
+        if let Some(u) = user.as_ref().filter(|u| u.kind == UserKind::ServiceAccount) {
+            match core.tokens.authenticate_api_token(&password).await {
+                Ok(Some(owner)) if owner.id == u.id => by_token = true,
+                Ok(_) => {}
+                Err(e) => return unavailable("check the token", &e),
             }
-        };
-        if let (true, Some(code), Some(u)) = (ok, code.as_deref(), user.as_ref()) {
+        }
+        let mut ok = by_token
+            || match core.directory.check_password(user.as_ref(), &password).await {
+                Ok(ok) => ok,
+                Err(e) => return unavailable("check the password", &e),
+            };
+        if let (true, false, Some(code), Some(u)) = (ok, by_token, code.as_deref(), user.as_ref()) {
             ok = match core.mfa.verify_code(u, code).await {
                 Ok(kind) => kind.is_some(),
-                Err(e) => {
-                    tracing::error!(error = %e, "LDAP bind cannot check the code");
-                    return result(LdapResultCode::Unavailable, "The directory is unavailable.");
-                }
+                Err(e) => return unavailable("check the code", &e),
             };
         }
         let client = self.client();
-        match (ok, user) {
-            (true, Some(user)) => {
-                if let Err(e) = throttle.success(&username).await {
-                    tracing::warn!(error = %e, "cannot reset the throttle");
-                }
-                core.events
-                    .record("login", Some(&user), &client, serde_json::json!({ "via": "ldap", "mfa": mfa }))
-                    .await;
-                if !mfa {
-                    self.service.remember_bind(key, user.id);
-                }
-                let dn = snap.by_user_id.get(&user.id).map(|&u| snap.users[u].dn.clone()).unwrap_or(canonical);
-                self.bound = Some(Bound { user_id: user.id, dn });
-                result(LdapResultCode::Success, "")
-            }
+        let user = match (ok, user) {
+            (true, Some(user)) => user,
             (_, user) => {
                 if let Err(e) = throttle.failure(&username, Some(&ip)).await {
                     tracing::warn!(error = %e, "cannot record a failed LDAP bind");
@@ -295,9 +292,44 @@ impl Conn {
                         serde_json::json!({ "via": "ldap" }),
                     )
                     .await;
-                invalid()
+                return invalid();
             }
+        };
+        if let Err(e) = throttle.success(&username).await {
+            tracing::warn!(error = %e, "cannot reset the throttle");
         }
+        // The right credentials; now the bind flow's and the application's policies decide.
+        let facts = RequestFacts { client_ip: Some(ip.clone()), user_agent: Some("ldap".into()), ..Default::default() };
+        let decision = match core.access.ldap_bind(&core.store, provider.id, provider.bind_flow_id, &user, facts).await
+        {
+            Ok(d) => d,
+            Err(e) => return unavailable("evaluate the bind policies", &e),
+        };
+        if !decision.passing {
+            core.events
+                .record(
+                    "login_failed",
+                    Some(&user),
+                    &client,
+                    serde_json::json!({ "via": "ldap", "reason": "denied by policy", "messages": decision.messages }),
+                )
+                .await;
+            let mut message = String::from("Access denied.");
+            for m in &decision.messages {
+                message.push(' ');
+                message.push_str(m);
+            }
+            return result(LdapResultCode::InsufficentAccessRights, &message);
+        }
+        core.events
+            .record("login", Some(&user), &client, serde_json::json!({ "via": "ldap", "mfa": mfa, "token": by_token }))
+            .await;
+        if !mfa && !by_token {
+            self.service.remember_bind(key, user.id);
+        }
+        let dn = snap.by_user_id.get(&user.id).map(|&u| snap.users[u].dn.clone()).unwrap_or(canonical);
+        self.bound = Some(Bound { user_id: user.id, dn });
+        result(LdapResultCode::Success, "")
     }
 
     // ---- extended operations ----
@@ -380,16 +412,13 @@ impl Conn {
     // ---- compare ----
 
     async fn compare(&self, req: &LdapCompareRequest) -> LdapResult {
-        let Some(bound) = &self.bound else {
-            return result(LdapResultCode::InsufficentAccessRights, "Bind first.");
-        };
         let Ok(snap) = self.service.snapshot().await else {
             return result(LdapResultCode::Unavailable, "The directory is unavailable.");
         };
-        let Some(&me) = snap.by_user_id.get(&bound.user_id) else {
-            return result(LdapResultCode::InsufficentAccessRights, "The bound account is no longer active.");
+        let (me, everything) = match self.reader(&snap) {
+            Ok(r) => r,
+            Err(res) => return res,
         };
-        let everything = snap.sees_everything(me);
         let entry = dn::normalize(&req.dn)
             .and_then(|n| snap.by_ndn.get(&n))
             .map(|&i| &snap.entries[i])
@@ -436,16 +465,19 @@ impl Conn {
             self.encode(out, msg(id, LdapOp::SearchResultEntry(entry)))?;
             return self.encode(out, done(result(LdapResultCode::Success, "")));
         }
-        let Some(bound) = &self.bound else {
-            let res =
-                result(LdapResultCode::InsufficentAccessRights, "Anonymous searches are not allowed; bind first.");
-            return self.encode(out, done(res));
-        };
+        // The subschema is readable without binding, like the root DSE that points to it.
+        if dn::normalize(&req.base).as_deref() == Some(schema::SUBSCHEMA_DN) {
+            let entry = schema::entry();
+            if req.scope != LdapSearchScope::Children && filter::matches(&req.filter, entry) {
+                let entry = Selection::new(&req.attrs).entry(entry, req.typesonly);
+                self.encode(out, msg(id, LdapOp::SearchResultEntry(entry)))?;
+            }
+            return self.encode(out, done(result(LdapResultCode::Success, "")));
+        }
         if filter::depth(&req.filter) > filter::MAX_DEPTH {
             let res = result(LdapResultCode::UnwillingToPerform, "The filter is nested too deeply.");
             return self.encode(out, done(res));
         }
-        let user_id = bound.user_id;
 
         // A continued paged search keeps the snapshot and position of its first page.
         let (snap, candidates, start) = match &paging {
@@ -479,11 +511,10 @@ impl Conn {
                 (snap, candidates, 0)
             }
         };
-        let Some(&me) = snap.by_user_id.get(&user_id) else {
-            let res = result(LdapResultCode::InsufficentAccessRights, "The bound account is no longer active.");
-            return self.encode(out, done(res));
+        let (me, everything) = match self.reader(&snap) {
+            Ok(r) => r,
+            Err(res) => return self.encode(out, done(res)),
         };
-        let everything = snap.sees_everything(me);
         let Some(base) = dn::normalize(&req.base) else {
             return self.encode(out, done(result(LdapResultCode::InvalidDNSyntax, "Invalid base DN.")));
         };
@@ -550,6 +581,21 @@ impl Conn {
         self.encode(out, m)
     }
 
+    /// Who is reading: the bound user's index and whether it sees the whole tree. Unbound
+    /// clients read only where the provider allows anonymous searches.
+    fn reader(&self, snap: &Snapshot) -> Result<(Option<usize>, bool), LdapResult> {
+        match &self.bound {
+            Some(bound) => match snap.by_user_id.get(&bound.user_id) {
+                Some(&me) => Ok((Some(me), snap.sees_everything(me))),
+                None => Err(result(LdapResultCode::InsufficentAccessRights, "The bound account is no longer active.")),
+            },
+            None if snap.provider.as_ref().is_some_and(|p| p.anonymous_search) => Ok((None, true)),
+            None => {
+                Err(result(LdapResultCode::InsufficentAccessRights, "Anonymous searches are not allowed; bind first."))
+            }
+        }
+    }
+
     async fn root_dse(&self, req: &LdapSearchRequest) -> LdapSearchResultEntry {
         let naming = match self.service.snapshot().await {
             Ok(s) => s.provider.as_ref().map(|p| p.base_dn.clone()),
@@ -563,6 +609,7 @@ impl Conn {
             attr("supportedSASLMechanisms", &[]),
             attr("vendorName", &["Latchkey"]),
             attr("vendorVersion", &[concat!("Latchkey ", env!("CARGO_PKG_VERSION"))]),
+            attr("subschemaSubentry", &[schema::SUBSCHEMA_DN]),
         ];
         if let Some(n) = naming {
             attrs.push(attr("namingContexts", &[n.as_str()]));
@@ -617,6 +664,24 @@ impl Selection {
             .collect();
         LdapSearchResultEntry { dn: e.dn.clone(), attributes }
     }
+}
+
+/// Answers a connection over the limit with a notice of disconnection (RFC 4511 4.4.1,
+/// `busy`) and closes it.
+pub async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    let notice = msg(
+        0,
+        LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: result(LdapResultCode::Busy, "Too many connections; try again later."),
+            name: Some(OID_NOTICE_OF_DISCONNECTION.to_string()),
+            value: None,
+        }),
+    );
+    let mut out = BytesMut::new();
+    if LdapCodec::new(None, None).encode(notice, &mut out).is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// The content length an LDAPMessage header announces, once the header is complete.

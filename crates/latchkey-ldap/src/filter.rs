@@ -5,7 +5,7 @@
 use ldap3_proto::proto::{LdapFilter, LdapSubstringFilter};
 
 use crate::dn;
-use crate::tree::{Entry, Snapshot, DN_ATTRS, INDEXED};
+use crate::tree::{Attr, Entry, Snapshot, DN_ATTRS, INDEXED};
 
 /// Deepest filter nesting accepted.
 pub const MAX_DEPTH: usize = 32;
@@ -34,7 +34,7 @@ fn assertion(attr: &str, value: &str) -> String {
 }
 
 fn values<'a>(e: &'a Entry, attr: &str) -> &'a [String] {
-    e.get(attr).map(|a| a.lvals.as_slice()).unwrap_or(&[])
+    e.get(attr).map(Attr::matching).unwrap_or(&[])
 }
 
 fn numeric_cmp(a: &str, b: &str) -> Option<std::cmp::Ordering> {
@@ -121,7 +121,10 @@ mod tests {
 
     fn entry() -> Entry {
         let p = crate::tree::LdapProvider {
+            id: uuid::Uuid::nil(),
             name: "d".into(),
+            bind_flow_id: None,
+            anonymous_search: false,
             base_dn: "dc=example,dc=test".into(),
             base_ndn: "dc=example,dc=test".into(),
             search_group_id: None,

@@ -7,6 +7,7 @@
 
 pub mod dn;
 pub mod filter;
+pub mod schema;
 pub mod tree;
 
 mod conn;
@@ -31,24 +32,55 @@ use crate::tree::{Snapshot, TreeError};
 
 /// How long a successful bind is remembered (authentik's cached bind mode).
 pub const BIND_CACHE_TTL: Duration = Duration::from_secs(300);
-/// A snapshot older than this is rebuilt even without a change signal: creating a user or a
-/// group records no change in the feed, so this bounds how long a new one stays invisible.
-const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(10);
+/// A snapshot older than this is rebuilt in the background even without a change signal, in
+/// case a change escaped the feed (a lagged receiver is handled, but this bounds the damage).
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(300);
+/// A request that finds the snapshot stale waits for the rebuild only when rebuilds are this
+/// quick (small directories get read-your-writes); large ones keep answering from the
+/// previous snapshot while the next one is built in the background.
+const WAIT_FOR_REBUILD_UNDER: Duration = Duration::from_millis(300);
+/// Changes arriving together are folded into one rebuild.
+const REBUILD_DEBOUNCE: Duration = Duration::from_millis(20);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Listener settings from the configuration (`ldap.*` keys).
+#[derive(Debug, Clone)]
+pub struct LdapSettings {
+    /// How long a successful bind is remembered; zero turns the bind cache off.
+    pub bind_cache_ttl: Duration,
+    /// A connection that sends nothing for this long is closed; zero never closes one.
+    pub idle_timeout: Duration,
+    /// Open LDAP and LDAPS connections allowed together; more are refused at accept.
+    pub max_connections: usize,
+}
+
+impl Default for LdapSettings {
+    fn default() -> Self {
+        LdapSettings { bind_cache_ttl: BIND_CACHE_TTL, idle_timeout: Duration::from_secs(300), max_connections: 1000 }
+    }
+}
+
 /// State shared by every LDAP and LDAPS connection: the tree snapshot and the bind cache.
 pub struct LdapService {
     core: Arc<Core>,
     shared: Arc<Shared>,
+    settings: LdapSettings,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Set until the first snapshot is built: requests must wait for that one.
+    empty: AtomicBool,
     dirty: AtomicBool,
     rebuild: tokio::sync::Mutex<()>,
+    /// How long the last rebuild took, in microseconds.
+    last_build_micros: std::sync::atomic::AtomicU64,
+    /// Wakes the background rebuilder.
+    refresh: tokio::sync::Notify,
     bind_cache: moka::sync::Cache<[u8; 32], Uuid>,
     cache_key: [u8; 32],
 }
@@ -61,59 +93,59 @@ impl Shared {
 }
 
 impl LdapService {
-    /// Creates the service and starts following the store's change feed (needs a runtime).
+    /// Creates the service with default settings (needs a runtime).
     pub fn new(core: Arc<Core>) -> Arc<LdapService> {
+        Self::with_settings(core, LdapSettings::default())
+    }
+
+    /// Creates the service and starts following the store's change feed (needs a runtime).
+    pub fn with_settings(core: Arc<Core>, settings: LdapSettings) -> Arc<LdapService> {
         // A key of its own for the bind cache, derived from the master secret's encryption key,
         // so cache keys reveal nothing about passwords even in a memory dump of another purpose.
         let cache_key = hmac(core.keys.encryption.bytes(), &[b"latchkey/v1/ldap-bind-cache"]);
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::empty())),
+            empty: AtomicBool::new(true),
             dirty: AtomicBool::new(true),
             rebuild: tokio::sync::Mutex::new(()),
+            last_build_micros: std::sync::atomic::AtomicU64::new(0),
+            refresh: tokio::sync::Notify::new(),
             bind_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(BIND_CACHE_TTL)
+                // moka refuses a zero TTL; a nanosecond is as good as off.
+                .time_to_live(settings.bind_cache_ttl.max(Duration::from_nanos(1)))
                 .support_invalidation_closures()
                 .build(),
             cache_key,
         });
         tokio::spawn(follow_changes(core.store.subscribe(), Arc::downgrade(&shared)));
-        Arc::new(LdapService { core, shared })
+        tokio::spawn(keep_fresh(Arc::clone(&core), Arc::downgrade(&shared)));
+        let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+        Arc::new(LdapService { core, shared, settings, connections })
+    }
+
+    pub fn settings(&self) -> &LdapSettings {
+        &self.settings
     }
 
     pub fn core(&self) -> &Arc<Core> {
         &self.core
     }
 
-    /// The current tree, rebuilt first when the feed reported a change or it is too old.
+    /// The current tree. A stale one (the feed reported a change) is rebuilt first when
+    /// rebuilds are quick; otherwise the background rebuilder is woken and the previous tree
+    /// answers until the new one is ready.
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>, TreeError> {
-        let fresh =
-            |s: &Arc<Snapshot>| !self.shared.dirty.load(Ordering::Acquire) && s.built.elapsed() < SNAPSHOT_MAX_AGE;
         let current = self.current();
-        if fresh(&current) {
+        if !self.shared.dirty.load(Ordering::Acquire) && !self.shared.empty.load(Ordering::Acquire) {
             return Ok(current);
         }
-        // One rebuild at a time; the others wait for it and use its result.
-        let _guard = self.shared.rebuild.lock().await;
-        let current = self.current();
-        if fresh(&current) {
+        let quick = self.shared.last_build_micros.load(Ordering::Relaxed) < micros(WAIT_FOR_REBUILD_UNDER);
+        if !self.shared.empty.load(Ordering::Acquire) && !quick {
+            self.shared.refresh.notify_one();
             return Ok(current);
         }
-        // Cleared before reading so a change during the build marks it dirty again.
-        self.shared.dirty.store(false, Ordering::Release);
-        match Snapshot::build(&self.core).await {
-            Ok(s) => {
-                let s = Arc::new(s);
-                if let Ok(mut slot) = self.shared.snapshot.write() {
-                    *slot = Arc::clone(&s);
-                }
-                Ok(s)
-            }
-            Err(e) => {
-                self.shared.dirty.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
+        rebuild(&self.core, &self.shared).await
     }
 
     fn current(&self) -> Arc<Snapshot> {
@@ -129,11 +161,71 @@ impl LdapService {
     }
 
     fn cached_bind(&self, key: &[u8; 32]) -> Option<Uuid> {
+        if self.settings.bind_cache_ttl.is_zero() {
+            return None;
+        }
         self.shared.bind_cache.get(key)
     }
 
     fn remember_bind(&self, key: [u8; 32], user: Uuid) {
-        self.shared.bind_cache.insert(key, user);
+        if !self.settings.bind_cache_ttl.is_zero() {
+            self.shared.bind_cache.insert(key, user);
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Rebuilds the snapshot unless another caller just did; one rebuild runs at a time and the
+/// callers waiting for it use its result.
+async fn rebuild(core: &Core, shared: &Shared) -> Result<Arc<Snapshot>, TreeError> {
+    let current = || match shared.snapshot.read() {
+        Ok(s) => Arc::clone(&s),
+        Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    };
+    let _guard = shared.rebuild.lock().await;
+    if !shared.dirty.load(Ordering::Acquire) && !shared.empty.load(Ordering::Acquire) {
+        return Ok(current());
+    }
+    // Cleared before reading so a change during the build marks it dirty again.
+    shared.dirty.store(false, Ordering::Release);
+    let started = std::time::Instant::now();
+    match Snapshot::build(core).await {
+        Ok(s) => {
+            let s = Arc::new(s);
+            if let Ok(mut slot) = shared.snapshot.write() {
+                *slot = Arc::clone(&s);
+            }
+            shared.empty.store(false, Ordering::Release);
+            let took = started.elapsed();
+            shared.last_build_micros.store(micros(took), Ordering::Relaxed);
+            tracing::debug!(entries = s.entries.len(), took_ms = took.as_millis() as u64, "LDAP snapshot built");
+            Ok(s)
+        }
+        Err(e) => {
+            shared.dirty.store(true, Ordering::Release);
+            Err(e)
+        }
+    }
+}
+
+/// Rebuilds the snapshot off the request path: soon after a change, and periodically.
+async fn keep_fresh(core: Arc<Core>, shared: Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else { return };
+        let woken = tokio::time::timeout(SNAPSHOT_MAX_AGE, strong.refresh.notified()).await.is_ok();
+        if woken {
+            tokio::time::sleep(REBUILD_DEBOUNCE).await;
+        } else {
+            strong.dirty.store(true, Ordering::Release);
+        }
+        if strong.dirty.load(Ordering::Acquire) {
+            if let Err(error) = rebuild(&core, &strong).await {
+                tracing::warn!(%error, "cannot rebuild the LDAP snapshot");
+            }
+        }
     }
 }
 
@@ -158,11 +250,13 @@ async fn follow_changes(mut changes: tokio::sync::broadcast::Receiver<Change>, s
             Ok(Change::User(id)) => {
                 shared.invalidate_user(id);
                 shared.dirty.store(true, Ordering::Release);
+                shared.refresh.notify_one();
             }
             Ok(Change::Groups) | Ok(Change::Config) | Err(RecvError::Lagged(_)) => {
-                // Group changes can move a user out of what a cached bind allowed.
+                // Group and policy changes can take away what a cached bind allowed.
                 shared.bind_cache.invalidate_all();
                 shared.dirty.store(true, Ordering::Release);
+                shared.refresh.notify_one();
             }
             Err(RecvError::Closed) => return,
         }
@@ -218,9 +312,20 @@ async fn serve(
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let Ok(permit) = Arc::clone(&service.connections).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = service.settings.max_connections, "too many LDAP connections; refusing one");
+            if !implicit_tls {
+                // Tell the client why (RFC 4511 notice of disconnection) rather than just hanging up.
+                connections.spawn(conn::refuse_busy(stream));
+            }
+            continue;
+        };
         let service = Arc::clone(&service);
         let tls = tls.clone();
-        connections.spawn(handle(stream, peer, service, tls, implicit_tls));
+        connections.spawn(async move {
+            handle(stream, peer, service, tls, implicit_tls).await;
+            drop(permit);
+        });
     }
     // LDAP clients reconnect; in-flight operations are short, so ending them is fine.
     connections.shutdown().await;

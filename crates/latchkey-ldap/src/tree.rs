@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use latchkey_core::model::{Group, ListQuery, Provider, User};
+use latchkey_core::model::{Group, Provider, User};
 use latchkey_core::{Core, CoreError, StoreError};
 use uuid::Uuid;
 
@@ -22,18 +22,29 @@ pub struct Attr {
     /// Lower-case name, for case-insensitive lookups.
     pub lname: &'static str,
     pub vals: Vec<String>,
-    /// Lower-case values (normalised DNs for DN attributes).
-    pub lvals: Vec<String>,
+    /// Lower-case values (normalised DNs for DN attributes); empty when they equal `vals`,
+    /// as most do (uids, mail, numbers), which halves the snapshot of a large directory.
+    lvals: Vec<String>,
 }
 
 impl Attr {
-    fn new(name: &'static str, lname: &'static str, vals: Vec<String>) -> Attr {
+    pub(crate) fn new(name: &'static str, lname: &'static str, vals: Vec<String>) -> Attr {
         let is_dn = DN_ATTRS.contains(&lname);
-        let lvals = vals
+        let lvals: Vec<String> = vals
             .iter()
             .map(|v| if is_dn { dn::normalize(v).unwrap_or_else(|| v.to_lowercase()) } else { v.to_lowercase() })
             .collect();
+        let lvals = if lvals == vals { Vec::new() } else { lvals };
         Attr { name, lname, vals, lvals }
+    }
+
+    /// The values in matching form.
+    pub fn matching(&self) -> &[String] {
+        if self.lvals.is_empty() {
+            &self.vals
+        } else {
+            &self.lvals
+        }
     }
 }
 
@@ -58,7 +69,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(dn: String, kind: Kind, attrs: Vec<Attr>, op_attrs: Vec<Attr>) -> Entry {
+    pub(crate) fn new(dn: String, kind: Kind, attrs: Vec<Attr>, op_attrs: Vec<Attr>) -> Entry {
         let ndn = dn::normalize(&dn).unwrap_or_else(|| dn.to_lowercase());
         let parent = dn::parent_of(&ndn).to_string();
         Entry { dn, ndn, parent, kind, attrs, op_attrs }
@@ -90,7 +101,12 @@ pub struct GroupInfo {
 /// The provider's settings that matter here.
 #[derive(Debug, Clone)]
 pub struct LdapProvider {
+    pub id: Uuid,
     pub name: String,
+    /// The flow whose policies decide who may bind (authentik's bind flow).
+    pub bind_flow_id: Option<Uuid>,
+    /// Unbound clients may search the whole tree (off by default).
+    pub anonymous_search: bool,
     pub base_dn: String,
     pub base_ndn: String,
     pub search_group_id: Option<Uuid>,
@@ -175,12 +191,14 @@ impl Snapshot {
             tracing::warn!(provider = %provider.name, "the LDAP provider has no valid base_dn");
             return Ok(Snapshot::empty());
         };
-        let users: Vec<User> =
-            core.store.list_users(&ListQuery::all()).await?.items.into_iter().filter(|u| u.is_active).collect();
+        let mut users: Vec<User> = core.store.all_active_users().await?;
+        // Entry order is the order searches return: by username, as before.
+        users.sort_unstable_by(|a, b| a.username.cmp(&b.username));
         let groups: Vec<Group> = core.store.all_groups().await?;
-        let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        for g in &groups {
-            members.insert(g.id, core.store.direct_member_ids(g.id).await?);
+        // Three reads whatever the size of the directory: users, groups, memberships.
+        let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::with_capacity(groups.len());
+        for (group, user) in core.store.all_memberships().await? {
+            members.entry(group).or_default().push(user);
         }
         let search_group_id = provider
             .config
@@ -194,7 +212,14 @@ impl Snapshot {
             groups.iter().find(|g| g.name.to_lowercase() == name).map(|g| g.id)
         });
         let info = LdapProvider {
+            id: provider.id,
             name: provider.name.clone(),
+            bind_flow_id: provider
+                .config
+                .get("bind_flow_id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| Uuid::parse_str(s).ok()),
+            anonymous_search: provider.config.get("anonymous_search").and_then(|v| v.as_bool()).unwrap_or(false),
             base_dn: base_dn.clone(),
             base_ndn,
             search_group_id,
@@ -373,7 +398,7 @@ impl Snapshot {
             by_ndn.insert(e.ndn.clone(), i);
             for a in e.attrs.iter().chain(e.op_attrs.iter()) {
                 if let Some(key) = INDEXED.iter().find(|k| **k == a.lname) {
-                    for v in &a.lvals {
+                    for v in a.matching() {
                         let list = index.entry((key, v.clone())).or_default();
                         if list.last() != Some(&i) {
                             list.push(i);
@@ -405,15 +430,16 @@ impl Snapshot {
         u.is_superuser || self.search_group.is_some_and(|sg| u.groups.contains(&sg))
     }
 
-    /// Is entry `e` visible to `user` (an index into `users`)?
-    pub fn visible(&self, user: usize, everything: bool, e: &Entry) -> bool {
+    /// Is entry `e` visible to `user` (an index into `users`; `None` for an anonymous reader,
+    /// who sees the containers only unless `everything`)?
+    pub fn visible(&self, user: Option<usize>, everything: bool, e: &Entry) -> bool {
         if everything {
             return true;
         }
         match e.kind {
             Kind::Container => true,
-            Kind::User(u) => u == user,
-            Kind::Group(g) => self.users.get(user).is_some_and(|u| u.groups.contains(&g)),
+            Kind::User(u) => user == Some(u),
+            Kind::Group(g) => user.and_then(|u| self.users.get(u)).is_some_and(|u| u.groups.contains(&g)),
         }
     }
 }
@@ -463,9 +489,12 @@ pub(crate) mod tests {
         Snapshot::assemble(provider, vec![alice, bob], vec![family, kids, search], members)
     }
 
-    fn provider() -> LdapProvider {
+    pub(crate) fn provider() -> LdapProvider {
         LdapProvider {
+            id: Uuid::nil(),
             name: "d".into(),
+            bind_flow_id: None,
+            anonymous_search: false,
             base_dn: "dc=example,dc=test".into(),
             base_ndn: "dc=example,dc=test".into(),
             search_group_id: None,
@@ -496,8 +525,10 @@ pub(crate) mod tests {
         assert!(!snap.sees_everything(a));
         assert!(snap.sees_everything(b));
         let bob_entry = &snap.entries[snap.users[b].entry];
-        assert!(!snap.visible(a, false, bob_entry));
-        assert!(snap.visible(a, false, family));
+        assert!(!snap.visible(Some(a), false, bob_entry));
+        assert!(snap.visible(Some(a), false, family));
+        assert!(!snap.visible(None, false, family));
+        assert!(snap.visible(None, true, bob_entry));
         assert_eq!(snap.index[&("uid", "alice".to_string())], vec![snap.users[a].entry]);
     }
 }

@@ -227,4 +227,10 @@ impl GroupStore for SqlStore {
             .map_err(db_err)?;
         ids_from_rows(&rows, "user_id")
     }
+
+    async fn all_memberships(&self) -> StoreResult<Vec<(Uuid, Uuid)>> {
+        let rows =
+            sqlx::query("SELECT group_id, user_id FROM group_members").fetch_all(self.pool()).await.map_err(db_err)?;
+        rows.iter().map(|r| Ok((r.uuid("group_id")?, r.uuid("user_id")?))).collect()
+    }
 }

@@ -230,4 +230,10 @@ impl UserStore for SqlStore {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(self.pool()).await.map_err(db_err)?;
         Ok(u64::try_from(row.int("n")?).unwrap_or(0))
     }
+
+    async fn all_active_users(&self) -> StoreResult<Vec<User>> {
+        let sql = format!("SELECT {COLS} FROM users WHERE is_active = $1");
+        let rows = sqlx::query(&sql).bind(true).fetch_all(self.pool()).await.map_err(db_err)?;
+        rows.iter().map(user_from_row).collect()
+    }
 }

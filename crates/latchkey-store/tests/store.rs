@@ -508,6 +508,17 @@ async fn groups_crud_parents_and_membership(db: TestDb) {
     expected.sort();
     assert_eq!(ids, expected);
     assert_eq!(s.direct_member_ids(child.id).await.unwrap(), [user.id]);
+    // The whole-directory reads the LDAP snapshot makes: every membership, every active user.
+    let mut all = s.all_memberships().await.unwrap();
+    all.sort();
+    let mut expected_pairs = vec![(child.id, user.id), (parent.id, user.id)];
+    expected_pairs.sort();
+    assert_eq!(all, expected_pairs);
+    let mut inactive = s.create_user(new_user("hidden")).await.unwrap();
+    inactive.is_active = false;
+    s.update_user(&inactive).await.unwrap();
+    let active: Vec<String> = s.all_active_users().await.unwrap().into_iter().map(|u| u.username).collect();
+    assert!(active.contains(&"gina".to_string()) && !active.contains(&"hidden".to_string()), "{active:?}");
     s.remove_member(child.id, user.id).await.unwrap();
     s.remove_member(child.id, user.id).await.unwrap();
     assert_eq!(s.direct_group_ids(user.id).await.unwrap(), [parent.id]);

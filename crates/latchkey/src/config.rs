@@ -69,6 +69,9 @@ const KEYS: &[&str] = &[
     "password.argon2_iterations",
     "password.argon2_parallelism",
     "password.hibp_url",
+    "ldap.idle_timeout",
+    "ldap.max_connections",
+    "ldap.bind_cache_ttl",
 ];
 
 /// authentik variable (without `AUTHENTIK_`) → our key, for the settings that
@@ -123,6 +126,28 @@ pub struct Config {
     pub log: LogConfig,
     pub session: SessionConfig,
     pub password: PasswordConfig,
+    pub ldap: LdapConfig,
+}
+
+/// The LDAP listeners' limits and the bind cache.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LdapConfig {
+    /// A connection silent this long is closed.
+    #[serde(deserialize_with = "de::duration", serialize_with = "ser::duration")]
+    pub idle_timeout: Duration,
+    /// Open LDAP plus LDAPS connections; more are refused with `busy`.
+    #[serde(deserialize_with = "de::uint")]
+    pub max_connections: u32,
+    /// How long a successful bind is remembered (authentik's cached bind mode).
+    #[serde(deserialize_with = "de::duration", serialize_with = "ser::duration")]
+    pub bind_cache_ttl: Duration,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        Self { idle_timeout: Duration::from_secs(300), max_connections: 1000, bind_cache_ttl: Duration::from_secs(300) }
+    }
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -256,6 +281,7 @@ impl Default for Config {
             log: LogConfig::default(),
             session: SessionConfig::default(),
             password: PasswordConfig::default(),
+            ldap: LdapConfig::default(),
         }
     }
 }
@@ -383,6 +409,7 @@ impl fmt::Debug for Config {
             .field("log", &self.log)
             .field("session", &self.session)
             .field("password", &self.password)
+            .field("ldap", &self.ldap)
             .finish()
     }
 }
@@ -853,6 +880,9 @@ fn validate(config: &Config, figment: &Figment, file: Option<&Path>) -> Result<(
         if let Err(reason) = config.postgresql.url(host) {
             return Err(invalid("postgresql.host", reason));
         }
+    }
+    if config.ldap.max_connections < 1 {
+        return Err(invalid("ldap.max_connections", "'0' must be at least 1".into()));
     }
     let password = &config.password;
     if password.argon2_iterations < 1 {

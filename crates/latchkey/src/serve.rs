@@ -99,7 +99,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     let ldap_servers = tokio::spawn({
-        let service = latchkey_ldap::LdapService::new(app.core.clone());
+        let settings = latchkey_ldap::LdapSettings {
+            bind_cache_ttl: config.ldap.bind_cache_ttl,
+            idle_timeout: config.ldap.idle_timeout,
+            max_connections: usize::try_from(config.ldap.max_connections).unwrap_or(usize::MAX),
+        };
+        let service = latchkey_ldap::LdapService::with_settings(app.core.clone(), settings);
         let (a, b) = (stopped(), stopped());
         async move {
             tokio::join!(

@@ -806,6 +806,8 @@ mod policies;
 mod forward_auth;
 #[path = "suite/ldap.rs"]
 mod ldap;
+#[path = "suite/ldap_access.rs"]
+mod ldap_access;
 
 #[path = "suite/recovery.rs"]
 mod recovery;
