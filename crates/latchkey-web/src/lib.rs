@@ -1,6 +1,7 @@
 //! Latchkey's HTTP adapter: thin handlers that translate HTTP to calls on the core.
 //! One router per area, merged in [`router`].
 
+pub mod admin;
 pub mod authelia;
 pub mod error;
 pub mod flows;
@@ -9,10 +10,12 @@ pub mod meta;
 pub mod metrics;
 pub mod oidc;
 pub mod outpost;
+pub mod portal;
 pub mod recovery;
 pub mod request;
 pub mod state;
 pub mod templates;
+pub mod ui;
 pub mod user;
 
 use axum::extract::DefaultBodyLimit;
@@ -49,7 +52,6 @@ fn flow_routes() -> Router<AppState> {
 
 fn portal_routes() -> Router<AppState> {
     let r = Router::new().route("/", get(user::root));
-    let r = both(r, "/if/user/", get(user::portal));
     let r = both(r, "/recovery/use-token/{token}/", get(recovery::confirm).post(recovery::redeem));
     both(r, "/if/user/confirm-email/{token}/", get(recovery::email_confirm_page).post(recovery::email_confirm))
 }
@@ -72,6 +74,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(flow_routes())
         .merge(portal_routes())
+        .merge(portal::routes())
+        .merge(admin::routes())
         .merge(health_routes())
         .merge(outpost::routes())
         .merge(oidc::routes())
