@@ -815,3 +815,6 @@ mod oidc;
 
 #[path = "suite/mfa.rs"]
 mod mfa;
+
+#[path = "suite/admin_ui.rs"]
+mod admin_ui;
