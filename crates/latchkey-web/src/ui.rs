@@ -161,7 +161,7 @@ impl Ui {
                 is_superuser => user.is_superuser,
                 avatar => self.avatar(&user.name, user.email.as_deref()),
             },
-            version => env!("CARGO_PKG_VERSION"),
+            app_version => env!("CARGO_PKG_VERSION"),
             admin => template.starts_with("admin/"),
             notice => self.notice,
         };
