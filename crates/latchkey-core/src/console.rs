@@ -12,9 +12,9 @@ use crate::events::ClientInfo;
 use crate::keys::random_secret;
 use crate::model::{Application, Outpost, Provider, User};
 use crate::policy::RequestFacts;
-use std::collections::{BTreeMap, HashMap};
 use crate::version::check_version;
 use crate::Core;
+use std::collections::{BTreeMap, HashMap};
 
 /// The settings key holding [`InterfaceSettings`].
 pub const SETTINGS_KEY: &str = "interface";
@@ -90,7 +90,7 @@ pub async fn save_settings(
     check_version(&current, expected_version)?;
     next.title = next.title.trim().to_string();
     let mut fields = FieldErrors::new();
-    let mut err = |f: &str, m: String| fields.entry(f.to_string()).or_insert_with(Vec::new).push(m);
+    let mut err = |f: &str, m: String| fields.entry(f.to_string()).or_default().push(m);
     if !next.avatars.is_empty() && !AVATAR_MODES.contains(&next.avatars.as_str()) {
         err("avatars", format!("Choose one of: {}.", AVATAR_MODES.join(", ")));
     }
@@ -120,7 +120,9 @@ pub async fn save_settings(
     next.favicon = next.favicon.trim().to_string();
     let value = serde_json::to_value(&next).map_err(|e| CoreError::Internal(e.to_string()))?;
     core.store.set_setting(SETTINGS_KEY, &value).await.map_err(store_err)?;
-    core.events.record_raw("settings_changed", None, None, client, json!({ "key": SETTINGS_KEY, "value": value })).await;
+    core.events
+        .record_raw("settings_changed", None, None, client, json!({ "key": SETTINGS_KEY, "value": value }))
+        .await;
     Ok(next)
 }
 
@@ -142,7 +144,11 @@ pub fn avatar(mode: &str, name: &str, email: Option<&str>) -> Avatar {
         ("gravatar", Some(email)) => {
             // Gravatar accepts SHA-256 of the trimmed, lower-cased address.
             let hash = hex::encode(Sha256::digest(email.trim().to_lowercase().as_bytes()));
-            Avatar { kind: "gravatar", initials, url: Some(format!("https://www.gravatar.com/avatar/{hash}?s=80&d=mp")) }
+            Avatar {
+                kind: "gravatar",
+                initials,
+                url: Some(format!("https://www.gravatar.com/avatar/{hash}?s=80&d=mp")),
+            }
         }
         _ => Avatar { kind: "initials", initials, url: None },
     }
@@ -161,7 +167,7 @@ async fn apply_entry(core: &Core, section: &str, entry: Value, client: &ClientIn
             for (path, messages) in fields {
                 let field = field_of(&path);
                 let cleaned: Vec<String> = messages.iter().map(|m| clean_message(m, &path)).collect();
-                simple.entry(field).or_insert_with(Vec::new).extend(cleaned);
+                simple.entry(field).or_default().extend(cleaned);
             }
             Err(CoreError::Invalid { message: clean_message(&message, ""), fields: simple })
         }
@@ -246,7 +252,10 @@ pub async fn create_application(core: &Core, input: &ApplicationInput, client: &
         return Err(one_field("name", "A name is required.".into()));
     }
     if core.store.get_application_by_slug(input.slug.trim()).await.map_err(store_err)?.is_some() {
-        return Err(CoreError::Conflict(format!("An application with the slug '{}' already exists.", input.slug.trim())));
+        return Err(CoreError::Conflict(format!(
+            "An application with the slug '{}' already exists.",
+            input.slug.trim()
+        )));
     }
     apply_entry(core, "applications", application_entry(input), client).await?;
     let app = get_application(core, input.slug.trim()).await?;
@@ -440,8 +449,11 @@ pub async fn set_outpost_providers(
 ) -> Result<Outpost> {
     let current = get_outpost(core, name).await?;
     check_version(&current, expected_version)?;
-    apply_entry(core, "outposts", json!({ "name": name, "type": current.kind, "providers": providers }), client).await?;
-    core.events.record_raw("outpost_changed", None, None, client, json!({ "outpost": name, "providers": providers })).await;
+    apply_entry(core, "outposts", json!({ "name": name, "type": current.kind, "providers": providers }), client)
+        .await?;
+    core.events
+        .record_raw("outpost_changed", None, None, client, json!({ "outpost": name, "providers": providers }))
+        .await;
     get_outpost(core, name).await
 }
 
@@ -550,9 +562,7 @@ pub async fn revoke_consent(core: &Core, user: &User, consent_id: uuid::Uuid, cl
         .find(|g| g.id == consent_id)
         .ok_or_else(|| CoreError::NotFound(format!("consent {consent_id}")))?;
     core.store.delete_consent(grant.id).await.map_err(store_err)?;
-    core.events
-        .record("consent_revoked", Some(user), client, json!({ "application_id": grant.application_id }))
-        .await;
+    core.events.record("consent_revoked", Some(user), client, json!({ "application_id": grant.application_id })).await;
     Ok(())
 }
 
@@ -566,7 +576,10 @@ mod tests {
         assert_eq!(field_of("providers[0] (x).redirect_uris[1]"), "redirect_uris");
         assert_eq!(field_of("applications[0]"), "non_field_errors");
         assert_eq!(
-            clean_message("blueprint form: applications[0] (A).launch_url: 'x' is not an absolute URL", "applications[0] (A).launch_url"),
+            clean_message(
+                "blueprint form: applications[0] (A).launch_url: 'x' is not an absolute URL",
+                "applications[0] (A).launch_url"
+            ),
             "'x' is not an absolute URL"
         );
     }

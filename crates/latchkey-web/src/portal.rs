@@ -47,11 +47,7 @@ pub async fn applications(State(state): State<AppState>, caller: Caller, Origina
     let user = me(&ui).await?;
     let groups = console::portal_applications(ui.core(), &user, &facts(&ui.caller)).await?;
     let groups: Vec<_> = groups.into_iter().map(|(name, tiles)| minijinja::context! { name, tiles }).collect();
-    ui.page(
-        "portal/applications.html",
-        "apps",
-        minijinja::context! { groups, member_of => ui.me.user.groups },
-    )
+    ui.page("portal/applications.html", "apps", minijinja::context! { groups, member_of => ui.me.user.groups })
 }
 
 pub async fn settings(State(state): State<AppState>, caller: Caller, OriginalUri(uri): OriginalUri) -> UiResult {
@@ -123,7 +119,12 @@ async fn remove_device(State(state): State<AppState>, caller: Caller, Path(id): 
     done(SETTINGS, &format!("Removed the device \"{}\".", device.name))
 }
 
-async fn revoke_session(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+async fn revoke_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::user(&state, caller, SETTINGS).await?;
     ui.form(&body)?;
     let user = me(&ui).await?;
@@ -142,7 +143,12 @@ async fn revoke_all(State(state): State<AppState>, caller: Caller, body: Bytes) 
     Ok(axum::response::Redirect::to(&format!("/if/flow/{}/", ui.settings.authentication_flow)).into_response())
 }
 
-async fn revoke_consent(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+async fn revoke_consent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::user(&state, caller, SETTINGS).await?;
     ui.form(&body)?;
     let id = parse_id(&id, "consent")?;

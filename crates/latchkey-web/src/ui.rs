@@ -19,23 +19,23 @@ use crate::request::Caller;
 use crate::state::AppState;
 
 /// A page that could not be served as asked: a redirect, an error page, a refused form.
-pub struct UiError(pub Response);
+pub struct UiError(pub Box<Response>);
 
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 
 impl From<WebError> for UiError {
     fn from(e: WebError) -> Self {
-        UiError(e.into_response())
+        UiError(Box::new(e.into_response()))
     }
 }
 
 impl From<CoreError> for UiError {
     fn from(e: CoreError) -> Self {
-        UiError(WebError::from(e).into_response())
+        UiError(Box::new(WebError::from(e).into_response()))
     }
 }
 
@@ -90,7 +90,7 @@ impl Ui {
     pub async fn user(state: &AppState, caller: Caller, here: &str) -> Result<Ui, UiError> {
         let settings = console::load_settings(&state.core).await?;
         let Some(me) = caller.session.clone() else {
-            return Err(UiError(login_redirect(&settings, here)));
+            return Err(UiError(Box::new(login_redirect(&settings, here))));
         };
         let (flow_cookie, jar) = caller.flow_cookie();
         let notice = here
@@ -166,7 +166,8 @@ impl Ui {
             notice => self.notice,
         };
         let page = self.state.render(template, minijinja::context! { ..ctx, ..layout })?;
-        let mut response = (status, self.jar.clone(), [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response();
+        let mut response =
+            (status, self.jar.clone(), [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response();
         if self.avatar_mode() == "gravatar" {
             // Gravatar pictures are the one thing loaded from elsewhere, and only when chosen.
             response.headers_mut().insert(
@@ -187,7 +188,14 @@ impl Ui {
     /// Shows a form again after a refused save: field errors next to their fields (400), or
     /// the conflict (409: a duplicate name, a stale edit, the last superuser) above the form,
     /// with what was typed kept. Other errors become their error page.
-    pub fn refused(&self, template: &str, section: &str, ctx: minijinja::Value, form: &Form, err: CoreError) -> UiResult {
+    pub fn refused(
+        &self,
+        template: &str,
+        section: &str,
+        ctx: minijinja::Value,
+        form: &Form,
+        err: CoreError,
+    ) -> UiResult {
         let (status, message, fields) = match err {
             CoreError::Invalid { message, fields } => (StatusCode::BAD_REQUEST, message, fields),
             CoreError::Conflict(message) | CoreError::Store(latchkey_core::StoreError::Conflict(message)) => {
@@ -209,10 +217,7 @@ pub fn done(to: &str, notice: &str) -> UiResult {
 
 /// `?search=&page=&page_size=&ordering=` as the lists take them.
 pub fn list_query(params: &BTreeMap<String, String>, orderings: &[&str], default_size: u32) -> ListQuery {
-    let ordering = params
-        .get("ordering")
-        .filter(|o| orderings.contains(&o.trim_start_matches('-')))
-        .cloned();
+    let ordering = params.get("ordering").filter(|o| orderings.contains(&o.trim_start_matches('-'))).cloned();
     ListQuery {
         search: params.get("search").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
         ordering,

@@ -76,7 +76,9 @@ pub async fn create_application(State(state): State<AppState>, caller: Caller, b
     let ui = Ui::admin(&state, caller, "/if/admin/applications/new/").await?;
     let form = ui.form(&body)?;
     match console::create_application(ui.core(), &app_input(&form), &ui.client()).await {
-        Ok(app) => done(&format!("/if/admin/applications/{}/", app.slug), &format!("Created the application {}.", app.name)),
+        Ok(app) => {
+            done(&format!("/if/admin/applications/{}/", app.slug), &format!("Created the application {}.", app.name))
+        }
         Err(e) => {
             let ctx = context! { new => true, chosen => form.all("allowed_groups"), ..choices(&ui).await? };
             ui.refused("admin/application.html", "applications", ctx, &form, e)
@@ -128,11 +130,18 @@ pub async fn application(
     ui.page("admin/application.html", "applications", app_ctx(&ui, &app).await?)
 }
 
-pub async fn save_application(State(state): State<AppState>, caller: Caller, Path(slug): Path<String>, body: Bytes) -> UiResult {
+pub async fn save_application(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/applications/").await?;
     let form = ui.form(&body)?;
     let app = console::get_application(ui.core(), &slug).await?;
-    match console::update_application(ui.core(), &slug, &app_input(&form), form.opt("version").as_deref(), &ui.client()).await {
+    match console::update_application(ui.core(), &slug, &app_input(&form), form.opt("version").as_deref(), &ui.client())
+        .await
+    {
         Ok(app) => done(&format!("/if/admin/applications/{}/", app.slug), "Saved."),
         Err(e) => {
             let ctx = context! { chosen => form.all("allowed_groups"), ..app_ctx(&ui, &app).await? };
@@ -141,7 +150,12 @@ pub async fn save_application(State(state): State<AppState>, caller: Caller, Pat
     }
 }
 
-pub async fn delete_application(State(state): State<AppState>, caller: Caller, Path(slug): Path<String>, body: Bytes) -> UiResult {
+pub async fn delete_application(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/applications/").await?;
     ui.form(&body)?;
     console::delete_application(ui.core(), &slug, &ui.client()).await?;
@@ -188,7 +202,12 @@ fn provider_input(form: &Form, kind: &str) -> ProviderInput {
         client_type: form.get("client_type").to_string(),
         client_id: form.get("client_id").to_string(),
         client_secret: form.get("client_secret").to_string(),
-        redirect_uris: form.get("redirect_uris").lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        redirect_uris: form
+            .get("redirect_uris")
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
         base_dn: form.get("base_dn").to_string(),
         bind_flow: form.get("bind_flow").to_string(),
         search_group: form.get("search_group").to_string(),
@@ -211,7 +230,12 @@ pub async fn new_provider(State(state): State<AppState>, caller: Caller, Path(ki
     ui.page("admin/provider.html", "providers", context! { new => true, kind, ..choices(&ui).await? })
 }
 
-pub async fn create_provider(State(state): State<AppState>, caller: Caller, Path(kind): Path<String>, body: Bytes) -> UiResult {
+pub async fn create_provider(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/providers/").await?;
     let kind = provider_kind(&kind)?;
     let form = ui.form(&body)?;
@@ -234,21 +258,26 @@ async fn provider_ctx(ui: &Ui, p: &Provider) -> Result<minijinja::Value, UiError
         Some(id) => store(core.store.list_flows().await)?.into_iter().find(|f| f.id == id).map(|f| f.slug),
         None => None,
     };
-    let bind_flow = match p.config.get("bind_flow_id").and_then(Value::as_str).and_then(|s| s.parse::<uuid::Uuid>().ok()) {
-        Some(id) => store(core.store.list_flows().await)?.into_iter().find(|f| f.id == id).map(|f| f.slug),
-        None => None,
-    };
+    let bind_flow =
+        match p.config.get("bind_flow_id").and_then(Value::as_str).and_then(|s| s.parse::<uuid::Uuid>().ok()) {
+            Some(id) => store(core.store.list_flows().await)?.into_iter().find(|f| f.id == id).map(|f| f.slug),
+            None => None,
+        };
     let mut config = p.config.clone();
     if let Some(obj) = config.as_object_mut() {
         obj.insert("authorization_flow".into(), serde_json::json!(flow));
         obj.insert("bind_flow".into(), serde_json::json!(bind_flow));
-        let uris = obj.get("redirect_uris").and_then(Value::as_array).map(|a| {
-            a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n")
-        });
+        let uris = obj
+            .get("redirect_uris")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"));
         obj.insert("redirect_uris_text".into(), serde_json::json!(uris.unwrap_or_default()));
     }
     let issuer = match core.store.list_applications().await {
-        Ok(apps) => apps.into_iter().find(|a| a.provider_id == Some(p.id)).map(|a| format!("{}/application/o/{}/", ui.caller.origin, a.slug)),
+        Ok(apps) => apps
+            .into_iter()
+            .find(|a| a.provider_id == Some(p.id))
+            .map(|a| format!("{}/application/o/{}/", ui.caller.origin, a.slug)),
         Err(_) => None,
     };
     Ok(context! {
@@ -269,7 +298,12 @@ pub async fn provider(
     ui.page("admin/provider.html", "providers", provider_ctx(&ui, &p).await?)
 }
 
-pub async fn save_provider(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn save_provider(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/providers/").await?;
     let form = ui.form(&body)?;
     let current = console::get_provider(ui.core(), parse_id(&id, "provider")?).await?;
@@ -283,7 +317,12 @@ pub async fn save_provider(State(state): State<AppState>, caller: Caller, Path(i
     }
 }
 
-pub async fn delete_provider(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn delete_provider(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/providers/").await?;
     ui.form(&body)?;
     let id = parse_id(&id, "provider")?;
@@ -297,11 +336,8 @@ async fn outposts_ctx(ui: &Ui) -> Result<minijinja::Value, UiError> {
     let s = &ui.core().store;
     let providers = store(s.list_providers().await)?;
     let names: HashMap<_, _> = providers.iter().map(|p| (p.id, p.name.clone())).collect();
-    let servable: Vec<_> = providers
-        .iter()
-        .filter(|p| p.kind != "oauth2")
-        .map(|p| context! { name => p.name, kind => p.kind })
-        .collect();
+    let servable: Vec<_> =
+        providers.iter().filter(|p| p.kind != "oauth2").map(|p| context! { name => p.name, kind => p.kind }).collect();
     let rows: Vec<_> = store(s.list_outposts().await)?
         .iter()
         .map(|o| {
@@ -317,12 +353,21 @@ pub async fn outposts(State(state): State<AppState>, caller: Caller, OriginalUri
     ui.page("admin/outposts.html", "outposts", outposts_ctx(&ui).await?)
 }
 
-pub async fn save_outpost(State(state): State<AppState>, caller: Caller, Path(name): Path<String>, body: Bytes) -> UiResult {
+pub async fn save_outpost(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/outposts/").await?;
     let form = ui.form(&body)?;
     let providers = form.all("providers");
-    match console::set_outpost_providers(ui.core(), &name, &providers, form.opt("version").as_deref(), &ui.client()).await {
-        Ok(_) => done("/if/admin/outposts/", &format!("The outpost {name} now serves {} provider(s).", providers.len())),
+    match console::set_outpost_providers(ui.core(), &name, &providers, form.opt("version").as_deref(), &ui.client())
+        .await
+    {
+        Ok(_) => {
+            done("/if/admin/outposts/", &format!("The outpost {name} now serves {} provider(s).", providers.len()))
+        }
         Err(e) => ui.refused("admin/outposts.html", "outposts", outposts_ctx(&ui).await?, &form, e),
     }
 }

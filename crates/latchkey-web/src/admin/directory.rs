@@ -46,7 +46,8 @@ pub async fn new_user(State(state): State<AppState>, caller: Caller) -> UiResult
 }
 
 async fn group_names(ui: &Ui) -> Result<Vec<String>, crate::ui::UiError> {
-    let mut names: Vec<String> = ui.core().store.all_groups().await.map_err(CoreError::from_store)?.into_iter().map(|g| g.name).collect();
+    let mut names: Vec<String> =
+        ui.core().store.all_groups().await.map_err(CoreError::from_store)?.into_iter().map(|g| g.name).collect();
     names.sort_by_key(|n| n.to_lowercase());
     Ok(names)
 }
@@ -151,7 +152,12 @@ pub async fn save_user(State(state): State<AppState>, caller: Caller, Path(id): 
     }
 }
 
-pub async fn set_password(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn set_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/users/").await?;
     let form = ui.form(&body)?;
     let user = load_user(&ui, &id).await?;
@@ -167,7 +173,12 @@ pub async fn set_password(State(state): State<AppState>, caller: Caller, Path(id
     }
 }
 
-pub async fn set_active(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn set_active(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/users/").await?;
     let form = ui.form(&body)?;
     let user = load_user(&ui, &id).await?;
@@ -178,7 +189,12 @@ pub async fn set_active(State(state): State<AppState>, caller: Caller, Path(id):
     }
 }
 
-pub async fn delete_user(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn delete_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/users/").await?;
     let form = ui.form(&body)?;
     let user = load_user(&ui, &id).await?;
@@ -201,7 +217,9 @@ pub async fn user_groups(
     let dir = &ui.core().directory;
     let result = match op.as_str() {
         "add" => dir.add_member(&group, &user.username, &ui.client()).await.map(|_| format!("Added to {group}.")),
-        "remove" => dir.remove_member(&group, &user.username, &ui.client()).await.map(|_| format!("Removed from {group}.")),
+        "remove" => {
+            dir.remove_member(&group, &user.username, &ui.client()).await.map(|_| format!("Removed from {group}."))
+        }
         _ => return Err(crate::error::WebError::not_found("There is nothing at this address.").into()),
     };
     match result {
@@ -210,7 +228,12 @@ pub async fn user_groups(
     }
 }
 
-pub async fn revoke_sessions(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/users/").await?;
     ui.form(&body)?;
     let user = load_user(&ui, &id).await?;
@@ -232,7 +255,12 @@ pub async fn remove_device(
     done(&user_path(user.id), &format!("Removed the device \"{}\".", removed.name))
 }
 
-pub async fn recovery_link(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn recovery_link(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/users/").await?;
     ui.form(&body)?;
     let user = load_user(&ui, &id).await?;
@@ -245,7 +273,12 @@ pub async fn recovery_link(State(state): State<AppState>, caller: Caller, Path(i
 // ---------------------------------------------------------------- groups
 
 fn group_tree(groups: &[Group], counts: &HashMap<Uuid, usize>) -> Vec<minijinja::Value> {
-    fn children(parent: Option<Uuid>, groups: &[Group], counts: &HashMap<Uuid, usize>, depth: usize) -> Vec<minijinja::Value> {
+    fn children(
+        parent: Option<Uuid>,
+        groups: &[Group],
+        counts: &HashMap<Uuid, usize>,
+        depth: usize,
+    ) -> Vec<minijinja::Value> {
         let mut level: Vec<&Group> = groups.iter().filter(|g| g.parent_id == parent).collect();
         level.sort_by_key(|g| g.name.to_lowercase());
         level
@@ -307,12 +340,15 @@ async fn group_ctx(ui: &Ui, group: &Group) -> Result<minijinja::Value, crate::ui
     let parent = group.parent_id.and_then(|p| all.iter().find(|g| g.id == p)).map(|g| g.name.clone());
     let mut parents: Vec<String> = all.iter().filter(|g| g.id != group.id).map(|g| g.name.clone()).collect();
     parents.sort_by_key(|n| n.to_lowercase());
-    let mut children: Vec<String> = all.iter().filter(|g| g.parent_id == Some(group.id)).map(|g| g.name.clone()).collect();
+    let mut children: Vec<String> =
+        all.iter().filter(|g| g.parent_id == Some(group.id)).map(|g| g.name.clone()).collect();
     children.sort();
     let mut members = Vec::new();
     for uid in core.store.direct_member_ids(group.id).await.map_err(CoreError::from_store)? {
         if let Some(u) = core.store.get_user(uid).await.map_err(CoreError::from_store)? {
-            members.push(context! { id => u.id.to_string(), username => u.username, name => u.name, is_active => u.is_active });
+            members.push(
+                context! { id => u.id.to_string(), username => u.username, name => u.name, is_active => u.is_active },
+            );
         }
     }
     Ok(context! {
@@ -337,7 +373,12 @@ async fn group_refused(ui: &Ui, id: Uuid, form: &Form, e: CoreError) -> UiResult
     ui.refused("admin/group.html", "groups", group_ctx(ui, &group).await?, form, e)
 }
 
-pub async fn save_group(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn save_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/groups/").await?;
     let form = ui.form(&body)?;
     let current = load_group(&ui, &id).await?;
@@ -347,9 +388,14 @@ pub async fn save_group(State(state): State<AppState>, caller: Caller, Path(id):
         next.name = form.get("name").trim().to_string();
         next.is_superuser = form.checked("is_superuser");
         next.parent_id = match form.opt("parent") {
-            Some(p) => Some(ui.core().directory.require_group(&p).await.map_err(|_| {
-                CoreError::invalid_field("parent", format!("There is no group '{p}'."))
-            })?.id),
+            Some(p) => Some(
+                ui.core()
+                    .directory
+                    .require_group(&p)
+                    .await
+                    .map_err(|_| CoreError::invalid_field("parent", format!("There is no group '{p}'.")))?
+                    .id,
+            ),
             None => None,
         };
         ui.core().directory.update_group(&next, &ui.client()).await
@@ -361,7 +407,12 @@ pub async fn save_group(State(state): State<AppState>, caller: Caller, Path(id):
     }
 }
 
-pub async fn delete_group(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> UiResult {
+pub async fn delete_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/groups/").await?;
     let form = ui.form(&body)?;
     let group = load_group(&ui, &id).await?;
@@ -384,19 +435,23 @@ pub async fn group_members(
     let dir = &ui.core().directory;
     let result = match op.as_str() {
         "add" => dir.add_member(&group.name, &username, &ui.client()).await.map(|_| format!("Added {username}.")),
-        "remove" => dir.remove_member(&group.name, &username, &ui.client()).await.map(|_| format!("Removed {username}.")),
+        "remove" => {
+            dir.remove_member(&group.name, &username, &ui.client()).await.map(|_| format!("Removed {username}."))
+        }
         _ => return Err(crate::error::WebError::not_found("There is nothing at this address.").into()),
     };
     match result {
         Ok(msg) => done(&format!("/if/admin/groups/{}/", group.id), &msg),
         // An unknown username is a mistake in the form, not a missing page.
-        Err(CoreError::NotFound(_)) => group_refused(
-            &ui,
-            group.id,
-            &form,
-            CoreError::invalid_field("username", format!("There is no user '{username}'.")),
-        )
-        .await,
+        Err(CoreError::NotFound(_)) => {
+            group_refused(
+                &ui,
+                group.id,
+                &form,
+                CoreError::invalid_field("username", format!("There is no user '{username}'.")),
+            )
+            .await
+        }
         Err(e) => group_refused(&ui, group.id, &form, e).await,
     }
 }

@@ -128,7 +128,10 @@ async fn flows(State(state): State<AppState>, caller: Caller, OriginalUri(uri): 
     }
     let mut stages: Vec<_> = store(s.list_stages().await)?;
     stages.sort_by(|a, b| a.name.cmp(&b.name));
-    let stages: Vec<_> = stages.iter().map(|st| context! { name => st.name, kind => st.kind, config => st.config.to_string() }).collect();
+    let stages: Vec<_> = stages
+        .iter()
+        .map(|st| context! { name => st.name, kind => st.kind, config => st.config.to_string() })
+        .collect();
     ui.page("admin/flows.html", "flows", context! { flows => rows, stages })
 }
 

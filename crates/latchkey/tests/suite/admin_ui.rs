@@ -175,7 +175,8 @@ async fn admin_forms_refuse_bad_input(env: Env) {
     assert_eq!(status, 400, "{html}");
     assert!(html.contains("id=\"e-username\"") && html.contains("may contain only letters"), "{html}");
     assert!(html.contains("value=\"kept@example.test\""), "{html}");
-    let (status, _, html) = submit(&root, &new_user, &new_user, &[("username", "erin"), ("email", "not-an-email")]).await;
+    let (status, _, html) =
+        submit(&root, &new_user, &new_user, &[("username", "erin"), ("email", "not-an-email")]).await;
     assert_eq!(status, 400);
     assert!(html.contains("id=\"e-email\""), "{html}");
 
@@ -229,13 +230,9 @@ async fn admin_forms_refuse_bad_input(env: Env) {
         submit(&root, &alice_page, &password_url, &[("password", "alice-pass-1"), ("password_repeat", "other")]).await;
     assert_eq!(status, 400);
     assert!(html.contains("id=\"e-password_repeat\""), "{html}");
-    let (status, _, _) = submit(
-        &root,
-        &alice_page,
-        &password_url,
-        &[("password", "alice-pass-1"), ("password_repeat", "alice-pass-1")],
-    )
-    .await;
+    let (status, _, _) =
+        submit(&root, &alice_page, &password_url, &[("password", "alice-pass-1"), ("password_repeat", "alice-pass-1")])
+            .await;
     assert_eq!(status, 303);
     assert_eq!(json_login(&client(), base, "alice", "alice-pass-1").await["component"], "redirect");
 
@@ -245,11 +242,9 @@ async fn admin_forms_refuse_bad_input(env: Env) {
     assert!(alice_html.contains("superuser"));
     let (status, _, _) = submit(&root, &alice_page, &format!("{alice_page}delete/"), &[]).await;
     assert_eq!(status, 303, "alice could go while root remains");
-    for (action, fields) in [
-        ("delete/", vec![]),
-        ("active/", vec![("active", "false")]),
-        ("groups/remove/", vec![("group", "admins")]),
-    ] {
+    for (action, fields) in
+        [("delete/", vec![]), ("active/", vec![("active", "false")]), ("groups/remove/", vec![("group", "admins")])]
+    {
         let (status, _, html) = submit(&root, &root_page, &format!("{root_page}{action}"), &fields).await;
         assert_eq!(status, 409, "{action}:\n{html}");
         assert!(html.contains("no active superuser"), "{html}");
@@ -265,7 +260,8 @@ async fn admin_forms_refuse_bad_input(env: Env) {
     assert_eq!(status, 409, "{html}");
     let (_, html) = page(&root, &admins_page).await;
     let version = hidden(&html, "version");
-    let (status, _, html) = submit(&root, &admins_page, &admins_page, &[("name", "admins"), ("version", &version)]).await;
+    let (status, _, html) =
+        submit(&root, &admins_page, &admins_page, &[("name", "admins"), ("version", &version)]).await;
     assert_eq!(status, 409, "demoting the only superuser group:\n{html}");
 
     // Groups: duplicate name and an unknown member are refused.
@@ -352,7 +348,15 @@ async fn admin_forms_refuse_bad_input(env: Env) {
     // Every change above is in the audit log.
     let (_, events) = page(&root, &format!("{base}/if/admin/events/?action=user_created")).await;
     assert!(events.contains("user_created") && !events.contains("<td>login</td>"), "{events}");
-    for action in ["user_changed", "password_set", "user_deleted", "application_created", "provider_created", "settings_changed", "group_created"] {
+    for action in [
+        "user_changed",
+        "password_set",
+        "user_deleted",
+        "application_created",
+        "provider_created",
+        "settings_changed",
+        "group_created",
+    ] {
         let (_, events) = page(&root, &format!("{base}/if/admin/events/?action={action}")).await;
         assert!(events.contains(&format!("<td>{action}</td>")), "no {action} event:\n{events}");
     }
@@ -369,7 +373,12 @@ async fn portal_shows_permitted_tiles_and_manages_sessions(env: Env) {
     for fields in [
         vec![("name", "Open Wiki"), ("slug", "wiki"), ("launch_url", "https://wiki.example.test/"), ("group", "Docs")],
         vec![("name", "Hidden Thing"), ("slug", "hidden"), ("launch_url", "blank://blank")],
-        vec![("name", "Admin Only"), ("slug", "admin-only"), ("launch_url", "https://admin.example.test/"), ("allowed_groups", "admins")],
+        vec![
+            ("name", "Admin Only"),
+            ("slug", "admin-only"),
+            ("launch_url", "https://admin.example.test/"),
+            ("allowed_groups", "admins"),
+        ],
     ] {
         let (status, _, html) = submit(&root, &new_app, &new_app, &fields).await;
         assert_eq!(status, 303, "{html}");
@@ -393,7 +402,8 @@ async fn portal_shows_permitted_tiles_and_manages_sessions(env: Env) {
         let row = html.split("<tr").find(|r| r.contains("/sessions/") && !r.contains("this browser")).unwrap();
         row.split("/if/user/settings/sessions/").nth(1).unwrap().split('/').next().unwrap().to_string()
     };
-    let (status, _, _) = submit(&bob, &settings, &format!("{base}/if/user/settings/sessions/{other_id}/revoke/"), &[]).await;
+    let (status, _, _) =
+        submit(&bob, &settings, &format!("{base}/if/user/settings/sessions/{other_id}/revoke/"), &[]).await;
     assert_eq!(status, 303);
     assert_eq!(bob2.get(format!("{base}/if/user/")).send().await.unwrap().status(), 302);
     assert_eq!(bob.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
@@ -425,10 +435,13 @@ async fn admin_walkthrough_in_a_real_browser(env: Env) {
     }
     let server = env.start().await;
     let link = server.setup_link().await.replace("localhost", "127.0.0.1");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo.join("target"));
-    let shots = target.join("artifacts/screenshots").join(if env.database_url.starts_with("postgres") { "postgres" } else { "sqlite" });
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| repo.join("target"));
+    let shots = target.join("artifacts/screenshots").join(if env.database_url.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    });
     std::fs::create_dir_all(&shots).unwrap();
     let out = std::process::Command::new("node").arg(&script).arg(&link).arg(&shots).output().expect("node");
     assert!(
