@@ -168,16 +168,15 @@ impl Ui {
         let page = self.state.render(template, minijinja::context! { ..ctx, ..layout })?;
         let mut response =
             (status, self.jar.clone(), [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response();
-        if self.avatar_mode() == "gravatar" {
-            // Gravatar pictures are the one thing loaded from elsewhere, and only when chosen.
-            response.headers_mut().insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'self'; img-src 'self' data: https://www.gravatar.com; style-src 'self'; \
-                     script-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'",
-                ),
-            );
-        }
+        // Application icons, logos and Gravatar pictures may live on other sites; images are
+        // the one thing these pages load from elsewhere (Gravatar only when chosen).
+        response.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data: https:; style-src 'self'; \
+                 script-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'",
+            ),
+        );
         Ok(response)
     }
 

@@ -37,7 +37,16 @@ pub async fn users(
     let query = list_query(&query_map(raw.as_deref()), USER_ORDERINGS, 50);
     let page = ui.core().directory.list_users(&query).await?;
     let rows: Vec<_> = page.items.iter().map(|u| user_row(&ui, u)).collect();
-    ui.page("admin/users.html", "users", context! { users => rows, pager => pager(&query, page.total) })
+    let search: String = query
+        .search
+        .as_deref()
+        .map(|s| url::form_urlencoded::byte_serialize(s.as_bytes()).collect())
+        .unwrap_or_default();
+    ui.page(
+        "admin/users.html",
+        "users",
+        context! { users => rows, pager => pager(&query, page.total), ordering => query.ordering, search },
+    )
 }
 
 pub async fn new_user(State(state): State<AppState>, caller: Caller) -> UiResult {
