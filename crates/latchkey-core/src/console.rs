@@ -34,7 +34,6 @@ pub struct InterfaceSettings {
     pub favicon: String,
     pub authentication_flow: String,
     pub invalidation_flow: String,
-    pub recovery_flow: String,
     pub user_settings_flow: String,
 }
 
@@ -47,7 +46,6 @@ impl Default for InterfaceSettings {
             favicon: String::new(),
             authentication_flow: crate::flow::LOGIN_FLOW.into(),
             invalidation_flow: "default-invalidation-flow".into(),
-            recovery_flow: "default-recovery-flow".into(),
             user_settings_flow: "default-user-settings-flow".into(),
         }
     }
@@ -105,7 +103,6 @@ pub async fn save_settings(
     let flows = [
         ("authentication_flow", &next.authentication_flow),
         ("invalidation_flow", &next.invalidation_flow),
-        ("recovery_flow", &next.recovery_flow),
         ("user_settings_flow", &next.user_settings_flow),
     ];
     for (field, slug) in flows {

@@ -193,7 +193,6 @@ async fn save_settings(State(state): State<AppState>, caller: Caller, body: Byte
         favicon: form.get("favicon").to_string(),
         authentication_flow: form.get("authentication_flow").trim().to_string(),
         invalidation_flow: form.get("invalidation_flow").trim().to_string(),
-        recovery_flow: form.get("recovery_flow").trim().to_string(),
         user_settings_flow: form.get("user_settings_flow").trim().to_string(),
     };
     match console::save_settings(ui.core(), next, form.opt("version").as_deref(), &ui.client()).await {

@@ -330,7 +330,6 @@ async fn admin_forms_refuse_bad_input(env: Env) {
             ("favicon", ""),
             ("authentication_flow", flow),
             ("invalidation_flow", "default-invalidation-flow"),
-            ("recovery_flow", "default-recovery-flow"),
             ("user_settings_flow", "default-user-settings-flow"),
         ]
     };
