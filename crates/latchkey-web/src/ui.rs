@@ -259,3 +259,34 @@ pub fn fmt_time(t: &chrono::DateTime<chrono::Utc>) -> String {
 pub fn parse_id(id: &str, what: &str) -> Result<uuid::Uuid, UiError> {
     uuid::Uuid::parse_str(id).map_err(|_| WebError::not_found(format!("{what} '{id}' not found")).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_keep_repeated_names_and_hide_secrets_when_shown_again() {
+        let form = Form::parse(b"username=al%20ice&groups=a&groups=b&password=x&csrf_token=t&on=on").unwrap();
+        assert_eq!(form.get("username"), "al ice");
+        assert_eq!(form.all("groups"), vec!["a", "b"]);
+        assert!(form.checked("on") && !form.checked("missing"));
+        let shown = form.values();
+        assert!(shown.contains_key("username") && !shown.contains_key("password") && !shown.contains_key("csrf_token"));
+        assert!(Form::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn list_queries_are_clamped_and_orderings_whitelisted() {
+        let params = query_map(Some("search=+bob+&page=0&page_size=100000&ordering=-password_hash"));
+        let q = list_query(&params, &["username"], 50);
+        assert_eq!(q.search.as_deref(), Some("bob"));
+        assert_eq!((q.page, q.page_size), (1, 200));
+        assert_eq!(q.ordering, None);
+        let q = list_query(&query_map(Some("ordering=-username&page=3")), &["username"], 50);
+        assert_eq!((q.ordering.as_deref(), q.page, q.page_size), (Some("-username"), 3, 50));
+        let p = pager(&q, 101);
+        assert_eq!(p.get_attr("pages").unwrap().as_usize(), Some(3));
+        assert!(p.get_attr("next").unwrap().is_none());
+        assert!(p.get_attr("prev").unwrap().to_string().contains("page=2"));
+    }
+}
