@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/latchkey-target}"
-# LATCHKEY_BIN=path/to/latchkey measures another build (e.g. the dev profile) without building.
-if [ -z "${LATCHKEY_BIN:-}" ]; then cargo build --release -q -p latchkey; fi
-BIN="${LATCHKEY_BIN:-$CARGO_TARGET_DIR/release/latchkey}"
+# BENCH_BIN=path/to/latchkey measures another build (e.g. the dev profile) without building.
+if [ -z "${BENCH_BIN:-}" ]; then cargo build --release -q -p latchkey; fi
+BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/latchkey}"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
