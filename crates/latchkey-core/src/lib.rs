@@ -4,6 +4,7 @@
 pub mod access;
 pub mod blueprint;
 pub mod clock;
+pub mod console;
 pub mod directory;
 pub mod error;
 pub mod events;

@@ -1,6 +1,7 @@
 //! Latchkey's HTTP adapter: thin handlers that translate HTTP to calls on the core.
 //! One router per area, merged in [`router`].
 
+pub mod admin;
 pub mod api;
 pub mod authelia;
 pub mod error;
@@ -10,10 +11,12 @@ pub mod meta;
 pub mod metrics;
 pub mod oidc;
 pub mod outpost;
+pub mod portal;
 pub mod recovery;
 pub mod request;
 pub mod state;
 pub mod templates;
+pub mod ui;
 pub mod user;
 
 use axum::extract::DefaultBodyLimit;
@@ -50,7 +53,6 @@ fn flow_routes() -> Router<AppState> {
 
 fn portal_routes() -> Router<AppState> {
     let r = Router::new().route("/", get(user::root));
-    let r = both(r, "/if/user/", get(user::portal));
     let r = both(r, "/recovery/use-token/{token}/", get(recovery::confirm).post(recovery::redeem));
     both(r, "/if/user/confirm-email/{token}/", get(recovery::email_confirm_page).post(recovery::email_confirm))
 }
@@ -81,6 +83,8 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes(state.clone()))
         .merge(flow_routes())
         .merge(portal_routes())
+        .merge(portal::routes())
+        .merge(admin::routes())
         .merge(health_routes())
         .merge(outpost::routes())
         .merge(oidc::routes())

@@ -18,6 +18,8 @@ pub struct WebConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Folder whose templates override the embedded ones.
     pub template_dir: Option<PathBuf>,
+    /// The `avatars` setting (`none`, `initials`, `gravatar`); the admin's choice overrides it.
+    pub avatars: String,
 }
 
 #[derive(Clone)]

@@ -76,6 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             external_url: config.external_url.clone(),
             trusted_proxies: config.listen.trusted_proxy_cidrs.clone(),
             template_dir: Some(config.data_dir.join("templates")),
+            avatars: match config.avatars {
+                crate::config::Avatars::None => "none",
+                crate::config::Avatars::Initials => "initials",
+                crate::config::Avatars::Gravatar => "gravatar",
+            }
+            .to_string(),
         },
     );
     let router = latchkey_web::router(state);

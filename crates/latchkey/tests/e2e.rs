@@ -820,5 +820,7 @@ mod api;
 #[path = "suite/mfa.rs"]
 mod mfa;
 
+#[path = "suite/admin_ui.rs"]
+mod admin_ui;
 #[path = "suite/webauthn.rs"]
 mod webauthn;
