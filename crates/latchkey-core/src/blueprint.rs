@@ -973,8 +973,8 @@ fn validate_providers(bp: &Blueprint, known: &Known, errs: &Errs) -> Result<()> 
                     }
                 }
                 if let Some(alg) = &p.signing_alg {
-                    if !matches!(alg.as_str(), "RS256" | "ES256" | "HS256") {
-                        return Err(errs.at(&at("signing_alg"), format!("'{alg}' is not RS256, ES256 or HS256")));
+                    if crate::signing::parse_alg(alg).is_none() {
+                        return Err(errs.at(&at("signing_alg"), format!("'{alg}' is not RS256, ES256 or EdDSA")));
                     }
                 }
                 if let Some(mode) = &p.sub_mode {

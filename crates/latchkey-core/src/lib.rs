@@ -123,7 +123,7 @@ impl Core {
             keys.flow_state.clone(),
             keys.encryption.clone(),
         );
-        let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone());
+        let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone(), Arc::clone(&clock));
         let oauth = oauth::OAuth::new(Arc::clone(&store), Arc::clone(&clock), signing.clone(), groups.clone());
         let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
         let mfa = mfa::Mfa::new(Arc::clone(&store), Arc::clone(&clock), events.clone(), &keys.encryption)?;
@@ -190,12 +190,14 @@ impl Core {
                             core.sessions.apply_change(&change);
                             core.proxy.apply_change(&change);
                             core.oauth.apply_change(&change);
+                            core.signing.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             core.access.policies.invalidate();
                             core.sessions.clear();
                             core.proxy.invalidate();
                             core.oauth.invalidate();
+                            core.signing.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

@@ -132,8 +132,8 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
 
 async fn jwks(State(state): State<AppState>, Path(slug): Path<String>) -> WebResult<Response> {
     let client = client_for_slug(&state, &slug).await?;
-    let key = state.core.signing.key_for(client.alg).await?;
-    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], Json(json!({ "keys": [key.jwk.clone()] }))).into_response())
+    let keys = state.core.signing.jwks_for(client.alg).await?;
+    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], Json(keys)).into_response())
 }
 
 /// Sends an error back to the client's (already validated) redirect URI.

@@ -132,10 +132,7 @@ impl Client {
         let client_id = s("client_id")?;
         let client_type =
             if s("client_type").as_deref() == Some("public") { ClientType::Public } else { ClientType::Confidential };
-        let alg = match s("signing_alg").as_deref() {
-            Some("ES256") => Algorithm::ES256,
-            _ => Algorithm::RS256,
-        };
+        let alg = s("signing_alg").as_deref().and_then(crate::signing::parse_alg).unwrap_or(Algorithm::RS256);
         let scopes = list("scopes")
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
@@ -191,10 +188,7 @@ impl Client {
     }
 
     pub fn alg_name(&self) -> &'static str {
-        match self.alg {
-            Algorithm::ES256 => "ES256",
-            _ => "RS256",
-        }
+        crate::signing::alg_name(self.alg)
     }
 }
 
