@@ -8,6 +8,7 @@
 //! user's id (`<user>.<random>`), so a replayed, already used secret can still be recognised
 //! among the user's tokens and its whole family revoked.
 
+pub mod claims;
 pub mod device;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -120,6 +121,10 @@ pub struct Client {
     pub scopes: Vec<String>,
     pub access_token_validity: i64,
     pub refresh_token_validity: i64,
+    /// Extra claims from CEL expressions.
+    pub claim_mappings: Vec<claims::ClaimMapping>,
+    /// Where back-channel logout tokens are POSTed (OIDC Back-Channel Logout 1.0).
+    pub backchannel_logout_uri: Option<String>,
 }
 
 impl Client {
@@ -136,7 +141,10 @@ impl Client {
         let scopes = list("scopes")
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+        let claim_mappings = claims::load(&provider.name, c);
         Some(Client {
+            claim_mappings,
+            backchannel_logout_uri: s("backchannel_logout_uri"),
             client_id,
             client_type,
             client_secret: s("client_secret"),
@@ -594,9 +602,16 @@ impl OAuth {
                 user.attributes.get("email_verified").and_then(Value::as_bool).unwrap_or(user.email.is_some());
             c.insert("email_verified".into(), json!(verified));
         }
-        if has("groups") {
+        let mapped = claims::any_applies(&client.claim_mappings, scopes);
+        if has("groups") || mapped {
             let groups = self.groups.effective_groups(user.id).await.map_err(CoreError::from_store)?;
-            c.insert("groups".into(), json!(groups.into_iter().map(|g| g.name).collect::<Vec<_>>()));
+            if has("groups") {
+                c.insert("groups".into(), json!(groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>()));
+            }
+            if mapped {
+                let provider = &client.provider.name;
+                claims::apply(&client.claim_mappings, provider, &client.client_id, user, &groups, scopes, &mut c);
+            }
         }
         Ok(c)
     }
