@@ -245,6 +245,16 @@ impl Signing {
             .map_err(|e| CoreError::Internal(format!("could not sign a token: {e}")))
     }
 
+    /// Like [`Self::sign_with`], with a `typ` header (`logout+jwt`…).
+    pub async fn sign_typed<T: Serialize>(&self, alg: Algorithm, typ: &str, claims: &T) -> Result<String> {
+        let key = self.key_for(alg).await?;
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some(typ.to_string());
+        jsonwebtoken::encode(&header, claims, &key.encoding)
+            .map_err(|e| CoreError::Internal(format!("could not sign a token: {e}")))
+    }
+
     /// A compact JWS (ES256) over `claims`, with the key's `kid`.
     pub async fn sign<T: Serialize>(&self, claims: &T) -> Result<String> {
         self.sign_with(Algorithm::ES256, claims).await

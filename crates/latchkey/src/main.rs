@@ -1,6 +1,7 @@
 //! The `latchkey` binary: configuration, command line and wiring of the crates.
 
 mod app;
+mod backchannel;
 mod cli;
 mod commands;
 mod keys_commands;

@@ -392,6 +392,9 @@ impl FlowEngine {
             if let Some(p) = state.query.get(consent::PERMISSIONS) {
                 state.data.insert(consent::PERMISSIONS.into(), json!(p.split_whitespace().collect::<Vec<_>>()));
             }
+            if state.query.get(consent::FORCE).is_some_and(|f| f == "true") {
+                state.data.insert(consent::FORCE.into(), json!(true));
+            }
         }
         let preq = policy_request(&self.services, &state, req).await?;
         let decision =

@@ -164,7 +164,12 @@ impl StageHandler for Identification {
     }
 
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
-        Ok(Step::Show(Self::challenge_for(cx.config)))
+        let challenge = Self::challenge_for(cx.config);
+        // An OIDC login_hint, passed along by the authorize endpoint, pre-fills the field.
+        match cx.state.query.get("login_hint").filter(|h| h.len() <= 254 && !h.chars().any(char::is_control)) {
+            Some(hint) => Ok(Step::Show(challenge.with("pending_user_identifier", hint.clone()))),
+            None => Ok(Step::Show(challenge)),
+        }
     }
 
     async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {

@@ -8,6 +8,7 @@
 //! user's id (`<user>.<random>`), so a replayed, already used secret can still be recognised
 //! among the user's tokens and its whole family revoked.
 
+pub mod backchannel;
 pub mod claims;
 pub mod device;
 
@@ -246,6 +247,7 @@ pub struct OAuth {
     /// The oauth2 clients, loaded once and dropped on `Change::Config`.
     clients: Arc<RwLock<Option<Arc<Vec<Client>>>>>,
     generation: Arc<AtomicU64>,
+    logout_delivery: Arc<std::sync::OnceLock<Arc<dyn backchannel::LogoutDelivery>>>,
 }
 
 /// `base64url(sha256(verifier))`, the S256 transformation (RFC 7636).
@@ -292,6 +294,7 @@ impl OAuth {
             groups,
             clients: Arc::new(RwLock::new(None)),
             generation: Arc::new(AtomicU64::new(0)),
+            logout_delivery: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
