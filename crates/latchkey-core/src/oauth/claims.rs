@@ -12,7 +12,6 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 use crate::error::CoreError;
-use crate::model::{Group, User};
 use crate::policy::{CelVars, Expression, PolicyRequest, PolicyUser};
 
 /// Claims the provider sets itself; a mapping may not replace them.
@@ -114,15 +113,14 @@ pub fn apply(
     mappings: &[ClaimMapping],
     provider: &str,
     client_id: &str,
-    user: &User,
-    groups: &[Group],
+    user: &PolicyUser,
     scopes: &[String],
     claims: &mut Map<String, Value>,
 ) {
     if !any_applies(mappings, scopes) {
         return;
     }
-    let mut req = PolicyRequest::new(Some(PolicyUser::from_user(user, groups)), chrono::Utc::now());
+    let mut req = PolicyRequest::new(Some(user.clone()), chrono::Utc::now());
     req.context.insert("scopes".into(), json!(scopes));
     req.context.insert("client_id".into(), json!(client_id));
     let vars = CelVars::new(&req);
@@ -140,6 +138,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Group, User};
 
     fn spec(name: &str, scope: Option<&str>, expression: &str) -> ClaimSpec {
         ClaimSpec { name: name.into(), scope: scope.map(String::from), expression: expression.into() }
@@ -200,14 +199,14 @@ mod tests {
         };
         let scopes = vec!["openid".to_string()];
         let mut claims = Map::new();
-        apply(&mappings, "p", "c", &user(), &[admins], &scopes, &mut claims);
+        apply(&mappings, "p", "c", &PolicyUser::from_user(&user(), &[admins]), &scopes, &mut claims);
         assert_eq!(claims.get("roles"), Some(&json!(["admin"])));
         assert_eq!(claims.get("granted"), Some(&json!(["openid"])));
         assert!(!claims.contains_key("locale"), "profile was not granted");
         assert!(!claims.contains_key("broken"));
         let scopes = vec!["openid".to_string(), "profile".to_string()];
         let mut claims = Map::new();
-        apply(&mappings, "p", "c", &user(), &[], &scopes, &mut claims);
+        apply(&mappings, "p", "c", &PolicyUser::from_user(&user(), &[]), &scopes, &mut claims);
         assert_eq!(claims.get("roles"), Some(&json!(["viewer"])));
         assert_eq!(claims.get("locale"), Some(&json!("de")));
     }

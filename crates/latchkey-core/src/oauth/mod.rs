@@ -26,11 +26,11 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::{CoreError, Result};
-use crate::groups::GroupIndex;
 use crate::keys::{hash_secret, random_secret};
 use crate::model::{Application, Change, Provider, Token, TokenKind, User};
 use crate::signing::Signing;
 use crate::store::Store;
+use crate::user_cache::UserCache;
 
 /// Codes live this long.
 pub const CODE_TTL_SECS: i64 = 60;
@@ -243,11 +243,11 @@ pub struct OAuth {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     signing: Signing,
-    groups: GroupIndex,
     /// The oauth2 clients, loaded once and dropped on `Change::Config`.
     clients: Arc<RwLock<Option<Arc<Vec<Client>>>>>,
     generation: Arc<AtomicU64>,
     logout_delivery: Arc<std::sync::OnceLock<Arc<dyn backchannel::LogoutDelivery>>>,
+    users: UserCache,
 }
 
 /// `base64url(sha256(verifier))`, the S256 transformation (RFC 7636).
@@ -286,12 +286,17 @@ fn at_hash(access_token: &str) -> String {
 }
 
 impl OAuth {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Signing, groups: GroupIndex) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        signing: Signing,
+        users: UserCache,
+    ) -> Self {
         OAuth {
+            users,
             store,
             clock,
             signing,
-            groups,
             clients: Arc::new(RwLock::new(None)),
             generation: Arc::new(AtomicU64::new(0)),
             logout_delivery: Arc::new(std::sync::OnceLock::new()),
@@ -607,13 +612,13 @@ impl OAuth {
         }
         let mapped = claims::any_applies(&client.claim_mappings, scopes);
         if has("groups") || mapped {
-            let groups = self.groups.effective_groups(user.id).await.map_err(CoreError::from_store)?;
+            // Effective groups from the shared cache: userinfo makes no store query.
+            let view = self.users.policy_user(user).await?;
             if has("groups") {
-                c.insert("groups".into(), json!(groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>()));
+                c.insert("groups".into(), json!(view.groups));
             }
             if mapped {
-                let provider = &client.provider.name;
-                claims::apply(&client.claim_mappings, provider, &client.client_id, user, &groups, scopes, &mut c);
+                claims::apply(&client.claim_mappings, &client.provider.name, &client.client_id, &view, scopes, &mut c);
             }
         }
         Ok(c)
@@ -682,7 +687,7 @@ impl OAuth {
 
     /// The claims of a valid access token (signature, expiry, active user, existing client).
     /// The user is `None` for a client-credentials token.
-    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, Option<User>, Value)>> {
+    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, Option<Arc<User>>, Value)>> {
         let Some(claims) = self.signing.verify(token).await else { return Ok(None) };
         if claims.get("scope").is_none() {
             // Not an access token (an ID token or a forward-auth JWT).
@@ -694,7 +699,7 @@ impl OAuth {
             return Ok(Some((client, None, claims)));
         };
         let Ok(uid) = Uuid::parse_str(uid) else { return Ok(None) };
-        match self.store.get_user(uid).await.map_err(CoreError::from_store)? {
+        match self.users.user(uid).await? {
             Some(u) if u.is_active => Ok(Some((client, Some(u), claims))),
             _ => Ok(None),
         }
