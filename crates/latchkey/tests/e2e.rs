@@ -812,6 +812,8 @@ mod recovery;
 
 #[path = "suite/oidc.rs"]
 mod oidc;
+#[path = "suite/oidc_node.rs"]
+mod oidc_node;
 
 #[path = "suite/mfa.rs"]
 mod mfa;
