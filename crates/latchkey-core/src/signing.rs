@@ -372,7 +372,8 @@ impl Signing {
             if let Some(k) = self.load_current(alg).await? {
                 out.push(KeyInfo { alg: alg_name(alg), kid: k.kid, status: "current", expires_at: None });
             }
-            for r in self.retired_records().await?.into_iter().filter(|r| r.alg == alg_name(alg) && r.expires_at > now) {
+            for r in self.retired_records().await?.into_iter().filter(|r| r.alg == alg_name(alg) && r.expires_at > now)
+            {
                 out.push(KeyInfo { alg: alg_name(alg), kid: r.kid, status: "retired", expires_at: Some(r.expires_at) });
             }
         }
@@ -411,7 +412,8 @@ impl Signing {
                 Ok(SigningKey { kid, alg, encoding: EncodingKey::from_ec_der(&private), decoding, jwk })
             }
             _ => {
-                let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&private).map_err(|_| corrupt("not an Ed25519 key"))?;
+                let pair =
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&private).map_err(|_| corrupt("not an Ed25519 key"))?;
                 let public = pair.public_key().as_ref();
                 let kid = hex::encode(&Sha256::digest(public)[..8]);
                 let x = URL_SAFE_NO_PAD.encode(public);

@@ -21,13 +21,8 @@ impl HttpLogoutDelivery {
 #[async_trait::async_trait]
 impl latchkey_core::oauth::backchannel::LogoutDelivery for HttpLogoutDelivery {
     async fn deliver(&self, uri: &str, logout_token: &str) -> Result<u16, String> {
-        let response = self
-            .client
-            .post(uri)
-            .form(&[("logout_token", logout_token)])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response =
+            self.client.post(uri).form(&[("logout_token", logout_token)]).send().await.map_err(|e| e.to_string())?;
         Ok(response.status().as_u16())
     }
 }

@@ -16,8 +16,25 @@ use crate::policy::{CelVars, Expression, PolicyRequest, PolicyUser};
 
 /// Claims the provider sets itself; a mapping may not replace them.
 pub const RESERVED: &[&str] = &[
-    "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "auth_time", "nonce", "acr", "amr", "at_hash", "c_hash", "azp",
-    "sid", "scope", "client_id", "uid", "events",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "auth_time",
+    "nonce",
+    "acr",
+    "amr",
+    "at_hash",
+    "c_hash",
+    "azp",
+    "sid",
+    "scope",
+    "client_id",
+    "uid",
+    "events",
 ];
 
 /// A mapping as stored in the provider's configuration (`claims: [...]`).
@@ -174,6 +191,9 @@ mod tests {
         let err = validate(&json!({"claims": [{"name": "x", "expresion": "'x'"}]})).unwrap_err().to_string();
         assert!(err.contains("expresion"), "{err}");
         assert!(validate(&json!({})).is_ok());
+        assert!(compile(&spec("roles", Some("profile"), "['a']")).is_ok());
+        assert!(compile(&spec("roles", Some("two words"), "['a']")).unwrap_err().contains("not a scope name"));
+        assert!(compile(&spec("has space", None, "1")).unwrap_err().contains("not a claim name"));
     }
 
     #[test]

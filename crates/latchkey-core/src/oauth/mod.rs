@@ -286,12 +286,7 @@ fn at_hash(access_token: &str) -> String {
 }
 
 impl OAuth {
-    pub fn new(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        signing: Signing,
-        users: UserCache,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Signing, users: UserCache) -> Self {
         OAuth {
             users,
             store,

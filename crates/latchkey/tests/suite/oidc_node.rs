@@ -62,9 +62,8 @@ async fn rp(mode: &str, base: &str, slug: &str, client: &str, secret: &str, extr
     cmd.arg(root.join("oidc/openid_client_rp.mjs"))
         .args([mode, base, slug, client, secret, REDIRECT, "alice", "alice-password"])
         .args(extra);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("node (scripts/test installs it)"))
-        .await
-        .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || cmd.output().expect("node (scripts/test installs it)")).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -143,7 +142,8 @@ async fn oidc_openid_client_public_client_and_error_cases(env: Env) {
     assert_eq!(public["refreshed"], true);
     assert!(public["id_token"].get("roles").is_none(), "mappings are per provider");
 
-    let errors = rp("errors", &server.base, "grafana", "grafana", "grafana-secret-0123456789", &[port.to_string()]).await;
+    let errors =
+        rp("errors", &server.base, "grafana", "grafana", "grafana-secret-0123456789", &[port.to_string()]).await;
     assert_eq!(errors["wrong_redirect"], json!([400, null]), "{errors}");
     assert_eq!(errors["prompt_none"]["error"], "login_required", "{errors}");
     assert_eq!(errors["bad_secret"]["status"], 401, "{errors}");
@@ -173,9 +173,18 @@ async fn oidc_openid_client_public_client_and_error_cases(env: Env) {
         .unwrap();
     assert!(r.headers()["location"].to_str().unwrap().contains("error=invalid_request"));
     let huge = "x".repeat(70 * 1024);
-    let r = c.post(format!("{base}/application/o/token/")).body(format!("grant_type=client_credentials&x={huge}")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/application/o/token/"))
+        .body(format!("grant_type=client_credentials&x={huge}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413, "oversized requests are refused");
-    let r = c.get(format!("{base}/application/o/authorize/?client_id=grafana&state={}", "y".repeat(5000))).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/application/o/authorize/?client_id=grafana&state={}", "y".repeat(5000)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     server.stop();
 }
@@ -271,4 +280,20 @@ async fn oidc_signing_keys_rotate_with_overlap(env: Env) {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'HS256' is not RS256, ES256 or EdDSA"));
     server.stop();
+
+    // A claim expression that does not compile is refused on write, naming entry and position.
+    let bad = env.dir.path().join("bad-claims.yaml");
+    std::fs::write(
+        &bad,
+        "providers:\n  - name: Bad\n    type: oauth2\n    client_id: bad\n    client_secret: s\n    claims:\n      - name: ok\n        expression: \"'x'\"\n      - name: roles\n        expression: \"user.groups +\"\n",
+    )
+    .unwrap();
+    let out = env.cli(&["blueprint", "apply", bad.to_str().unwrap()], "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("providers[0] (Bad).claims[1] (roles)") && err.contains("line 1, column"), "{err}");
+    let bad_name = "providers:\n  - name: Bad\n    type: oauth2\n    client_id: bad\n    client_secret: s\n    claims:\n      - name: sub\n        expression: \"'x'\"\n";
+    std::fs::write(&bad, bad_name).unwrap();
+    let out = env.cli(&["blueprint", "apply", bad.to_str().unwrap()], "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set by the provider itself"));
 }
