@@ -445,6 +445,7 @@ async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap
         Ok(c) => c,
         Err(e) => return grant_error(e),
     };
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     let result = match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some(code) = form.get("code") else {
@@ -481,7 +482,21 @@ async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap
         None => return oauth_error(OAuthError::invalid_request("The grant_type parameter is missing.")),
     };
     match result {
-        Ok(t) => no_store(Json(t).into_response()),
+        Ok(t) => {
+            let (user_id, username) = t.user.clone().unzip();
+            state
+                .core
+                .events
+                .record_raw(
+                    "token_issued",
+                    user_id,
+                    username,
+                    &caller.client(),
+                    json!({ "client_id": client.client_id, "application": client.app.slug, "grant_type": grant_type, "scope": t.scope, "refresh_token": t.refresh_token.is_some() }),
+                )
+                .await;
+            no_store(Json(t).into_response())
+        }
         Err(e) => grant_error(e),
     }
 }

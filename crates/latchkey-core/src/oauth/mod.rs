@@ -236,6 +236,9 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     pub scope: String,
+    /// Whom the tokens were issued for (none for client credentials), for the audit log.
+    #[serde(skip)]
+    pub user: Option<(Uuid, String)>,
 }
 
 #[derive(Clone)]
@@ -570,6 +573,7 @@ impl OAuth {
             id_token: None,
             refresh_token: None,
             scope: scopes.join(" "),
+            user: None,
         })
     }
 
@@ -677,6 +681,7 @@ impl OAuth {
             id_token,
             refresh_token,
             scope: grant.scopes.join(" "),
+            user: Some((user.id, user.username.clone())),
         })
     }
 
