@@ -173,12 +173,22 @@ impl Signing {
 
     /// The current key for `alg`, loading (or generating) it on first use.
     pub async fn key_for(&self, alg: Algorithm) -> Result<Arc<SigningKey>> {
+        match self.current(alg, true).await? {
+            Some(k) => Ok(k),
+            None => Err(CoreError::Internal(format!("no signing key for {alg:?}"))),
+        }
+    }
+
+    /// The current key for `alg` from memory or the store; generated only when `create`
+    /// (verifying a token never creates a key).
+    async fn current(&self, alg: Algorithm, create: bool) -> Result<Option<Arc<SigningKey>>> {
         if let Some(k) = self.cache.read().ok().and_then(|c| c.current.get(&alg).cloned()) {
-            return Ok(k);
+            return Ok(Some(k));
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let key = Arc::new(match self.load_current(alg).await? {
+        let key = match self.load_current(alg).await? {
             Some(k) => k,
+            None if !create => return Ok(None),
             None => {
                 let _guard = self.creating.lock().await;
                 match self.load_current(alg).await? {
@@ -186,13 +196,14 @@ impl Signing {
                     None => self.create(alg).await?,
                 }
             }
-        });
+        };
+        let key = Arc::new(key);
         if self.generation.load(Ordering::Acquire) == generation {
             if let Ok(mut c) = self.cache.write() {
                 c.current.insert(alg, Arc::clone(&key));
             }
         }
-        Ok(key)
+        Ok(Some(key))
     }
 
     async fn load_current(&self, alg: Algorithm) -> Result<Option<SigningKey>> {
@@ -299,9 +310,10 @@ impl Signing {
         let mut validation = Validation::new(header.alg);
         validation.validate_aud = false;
         validation.leeway = 0;
-        let current = self.key_for(header.alg).await.ok()?;
-        if current.kid == kid {
-            return jsonwebtoken::decode::<Value>(token, &current.decoding, &validation).ok().map(|d| d.claims);
+        if let Some(current) = self.current(header.alg, false).await.ok()? {
+            if current.kid == kid {
+                return jsonwebtoken::decode::<Value>(token, &current.decoding, &validation).ok().map(|d| d.claims);
+            }
         }
         let now = self.clock.now().timestamp();
         let retired = self.retired().await.ok()?;

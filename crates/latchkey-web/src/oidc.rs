@@ -125,7 +125,11 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
         "claims_parameter_supported": false,
+        "prompt_values_supported": ["none", "login", "consent"],
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     });
     Ok(([(header::CACHE_CONTROL, "public, max-age=300")], Json(body)).into_response())
 }
