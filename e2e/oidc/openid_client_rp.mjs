@@ -260,6 +260,19 @@ async function publicClient() {
   out.userinfo = await oidc.fetchUserInfo(config, tokens.access_token, claims.sub);
   const refreshed = await oidc.refreshTokenGrant(config, tokens.refresh_token);
   out.refreshed = !!refreshed.access_token && refreshed.refresh_token !== tokens.refresh_token;
+  if (BC_PORT) {
+    // Logging out through Latchkey's own logout flow also tells the client over the back channel.
+    const receiver = backchannelReceiver();
+    const flow = await browser.executor("default-invalidation-flow", "GET", "");
+    out.logout_flow = flow.component;
+    const timeout = new Promise((r) => setTimeout(() => r(null), 10000));
+    const logout = await Promise.race([receiver.received, timeout]);
+    receiver.close();
+    check(logout, "no back-channel logout token after the logout flow");
+    const keys = jose.createRemoteJWKSet(new URL(config.serverMetadata().jwks_uri));
+    const verified = await jose.jwtVerify(logout.body.get("logout_token"), keys, { issuer: ISSUER, audience: CLIENT_ID });
+    out.flow_logout_token_sid_matches = verified.payload.sid === claims.sid;
+  }
 }
 
 async function errors() {

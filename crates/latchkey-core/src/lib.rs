@@ -144,6 +144,7 @@ impl Core {
             access: access.clone(),
             mailer: mailer.clone(),
             mfa: mfa.clone(),
+            oauth: oauth.clone(),
         });
         Ok(Arc::new(Core {
             store,

@@ -204,6 +204,8 @@ pub struct FlowServices {
     pub access: Access,
     pub mailer: crate::mail::Mailer,
     pub mfa: crate::mfa::Mfa,
+    /// For back-channel logout when a session ends in a flow.
+    pub oauth: crate::oauth::OAuth,
 }
 
 /// Everything a stage sees while it runs.

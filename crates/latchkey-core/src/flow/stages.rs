@@ -313,6 +313,10 @@ impl StageHandler for UserLogout {
                     .events
                     .record("logout", user.as_ref(), &cx.request.client, json!({ "session": session.id }))
                     .await;
+                // Apps that got tokens from this session hear of its end (OIDC back-channel logout).
+                if let Err(e) = cx.services.oauth.backchannel_logout(session.user_id, &session.id).await {
+                    tracing::warn!(error = %e, "back-channel logout could not be sent");
+                }
             }
         }
         cx.effects.clear_session = true;

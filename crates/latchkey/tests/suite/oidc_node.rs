@@ -40,6 +40,7 @@ providers:
     redirect_uris: ["{REDIRECT}"]
     signing_alg: EdDSA
     sub_mode: hashed_user_id
+    backchannel_logout_uri: "http://127.0.0.1:{backchannel_port}/notes-logout"
 applications:
   - name: Grafana
     slug: grafana
@@ -132,7 +133,7 @@ async fn oidc_openid_client_full_round_trip(env: Env) {
 async fn oidc_openid_client_public_client_and_error_cases(env: Env) {
     let port = setup(&env);
     let server = env.start().await;
-    let public = rp("public", &server.base, "notes", "notes-spa", "-", &[]).await;
+    let public = rp("public", &server.base, "notes", "notes-spa", "-", &[port.to_string()]).await;
     // EdDSA as configured, verified by openid-client against JWKS; a hashed subject.
     assert_eq!(public["id_token_alg"], "EdDSA", "{public}");
     assert_eq!(public["jwks_algs"], json!(["EdDSA"]));
@@ -141,6 +142,9 @@ async fn oidc_openid_client_public_client_and_error_cases(env: Env) {
     assert_eq!(public["userinfo"]["sub"], sub);
     assert_eq!(public["refreshed"], true);
     assert!(public["id_token"].get("roles").is_none(), "mappings are per provider");
+    // The logout flow ended the session and the client was told, with the session's sid.
+    assert_eq!(public["logout_flow"], "redirect", "{public}");
+    assert_eq!(public["flow_logout_token_sid_matches"], true, "{public}");
 
     let errors =
         rp("errors", &server.base, "grafana", "grafana", "grafana-secret-0123456789", &[port.to_string()]).await;
