@@ -16,7 +16,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(c
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rps() { awk '/Requests\/sec/ {print $2}'; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-runs3() { for i in 1 2 3; do wrk "$@" | tee -a "$WORK/all" | rps; done | tr '\n' ' '; }
+# DUR and RUNS shorten a run on a busy machine (defaults: 10s, 3 runs).
+DUR=${DUR:-10s} RUNS=${RUNS:-3}
+runs3() { for _ in $(seq "$RUNS"); do wrk "$@" | tee -a "$WORK/all" | rps; done | tr '\n' ' '; }
 
 HTTP=$(port)
 export LATCHKEY_DATA_DIR="$WORK/data" LATCHKEY_LISTEN__HTTP="127.0.0.1:$HTTP" \
@@ -87,18 +89,18 @@ NGX
 nginx -c "$WORK/nginx.conf"
 
 echo "== machine"; nproc; grep -m1 'model name' /proc/cpuinfo || true
-echo "== wrk -t2 -c64 -d10s, 3 runs each (median, then the runs)"
-NG=$(runs3 -t2 -c64 -d10s "http://127.0.0.1:$NGINX/")
-UI=$(runs3 -t2 -c64 -d10s -H "Authorization: Bearer $ACCESS" "$BASE/application/o/userinfo/")
+echo "== wrk -t2 -c64 -d$DUR, $RUNS runs each (median, then the runs)"
+NG=$(runs3 -t2 -c64 -d"$DUR" "http://127.0.0.1:$NGINX/")
+UI=$(runs3 -t2 -c64 -d"$DUR" -H "Authorization: Bearer $ACCESS" "$BASE/application/o/userinfo/")
 cat > "$WORK/cc.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Authorization"] = "Basic $(printf 'bench:bench-secret' | base64)"
 wrk.body = "grant_type=client_credentials&scope=openid"
 LUA
-CC=$(runs3 -t2 -c64 -d10s -s "$WORK/cc.lua" "$BASE/application/o/token/")
-DI=$(runs3 -t2 -c64 -d10s "$BASE/application/o/bench/.well-known/openid-configuration")
-JW=$(runs3 -t2 -c64 -d10s "$BASE/application/o/bench/jwks/")
+CC=$(runs3 -t2 -c64 -d"$DUR" -s "$WORK/cc.lua" "$BASE/application/o/token/")
+DI=$(runs3 -t2 -c64 -d"$DUR" "$BASE/application/o/bench/.well-known/openid-configuration")
+JW=$(runs3 -t2 -c64 -d"$DUR" "$BASE/application/o/bench/jwks/")
 if grep -q 'Non-2xx' "$WORK/all"; then echo "some answers were not 2xx:"; grep 'Non-2xx' "$WORK/all"; exit 1; fi
 m() { echo "$1" | tr ' ' '\n' | grep . | median; }
 NGM=$(m "$NG")
