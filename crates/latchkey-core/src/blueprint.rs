@@ -151,6 +151,9 @@ pub struct ProviderEntry {
     pub sub_mode: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub refresh_token_validity: Option<Validity>,
+    /// Extra claims from CEL expressions (authentik's scope mappings).
+    pub claims: Option<Vec<crate::oauth::claims::ClaimSpec>>,
+    pub backchannel_logout_uri: Option<String>,
     // ldap
     pub base_dn: Option<String>,
     pub bind_flow: Option<String>,
@@ -557,6 +560,8 @@ fn provider_fields(kind: ProviderKind) -> &'static [&'static str] {
             "scopes",
             "access_token_validity",
             "refresh_token_validity",
+            "claims",
+            "backchannel_logout_uri",
         ],
         ProviderKind::Ldap => &["base_dn", "bind_flow", "search_group", "mfa_support", "anonymous_search"],
     }
@@ -585,6 +590,8 @@ impl ProviderEntry {
         add("sub_mode", self.sub_mode.is_some());
         add("scopes", self.scopes.is_some());
         add("refresh_token_validity", self.refresh_token_validity.is_some());
+        add("claims", self.claims.is_some());
+        add("backchannel_logout_uri", self.backchannel_logout_uri.is_some());
         add("base_dn", self.base_dn.is_some());
         add("bind_flow", self.bind_flow.is_some());
         add("search_group", self.search_group.is_some());
@@ -975,8 +982,8 @@ fn validate_providers(bp: &Blueprint, known: &Known, errs: &Errs) -> Result<()> 
                     }
                 }
                 if let Some(alg) = &p.signing_alg {
-                    if !matches!(alg.as_str(), "RS256" | "ES256" | "HS256") {
-                        return Err(errs.at(&at("signing_alg"), format!("'{alg}' is not RS256, ES256 or HS256")));
+                    if crate::signing::parse_alg(alg).is_none() {
+                        return Err(errs.at(&at("signing_alg"), format!("'{alg}' is not RS256, ES256 or EdDSA")));
                     }
                 }
                 if let Some(mode) = &p.sub_mode {
@@ -989,6 +996,21 @@ fn validate_providers(bp: &Blueprint, known: &Known, errs: &Errs) -> Result<()> 
                 for (j, s) in p.scopes.iter().flatten().enumerate() {
                     if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                         return Err(errs.at(&format!("{path}.scopes[{j}]"), format!("'{s}' is not a scope name")));
+                    }
+                }
+                let mut mapped = HashSet::new();
+                for (j, c) in p.claims.iter().flatten().enumerate() {
+                    let field = format!("{path}.claims[{j}] ({})", c.name);
+                    if !mapped.insert((c.name.clone(), c.scope.clone())) {
+                        return Err(errs.at(&field, "the claim is mapped twice for this scope"));
+                    }
+                    if let Err(e) = crate::oauth::claims::compile(c) {
+                        return Err(errs.at(&field, e));
+                    }
+                }
+                if let Some(uri) = &p.backchannel_logout_uri {
+                    if absolute_url(uri).is_none() {
+                        return Err(errs.at(&at("backchannel_logout_uri"), format!("'{uri}' is not an absolute URL")));
                     }
                 }
             }
@@ -1630,6 +1652,12 @@ impl Writer<'_> {
                 }
                 if let Some(v) = p.refresh_token_validity.as_ref().and_then(parse_validity) {
                     put("refresh_token_validity", json!(v));
+                }
+                if let Some(v) = &p.claims {
+                    put("claims", json!(v));
+                }
+                if let Some(v) = &p.backchannel_logout_uri {
+                    put("backchannel_logout_uri", json!(v));
                 }
             }
             ProviderKind::Ldap => {

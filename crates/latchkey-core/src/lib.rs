@@ -27,6 +27,7 @@ pub mod store;
 pub mod system_settings;
 pub mod throttle;
 pub mod tokens;
+pub mod user_cache;
 pub mod version;
 
 pub use error::{CoreError, Result, StoreError};
@@ -90,6 +91,8 @@ pub struct Core {
     pub signing: signing::Signing,
     /// OAuth 2 / OpenID Connect provider.
     pub oauth: oauth::OAuth,
+    /// Users and their policy views by id, in memory (forward auth, userinfo).
+    pub users: user_cache::UserCache,
     /// Second factors: TOTP, recovery codes.
     pub mfa: mfa::Mfa,
 }
@@ -119,15 +122,17 @@ impl Core {
         let reputation = ReputationBook::new(Arc::clone(&store), Arc::clone(&clock));
         let access =
             Access::new(Policies::new(Arc::clone(&store)), groups.clone(), Arc::clone(&clock), reputation.clone());
+        let users = user_cache::UserCache::new(Arc::clone(&store), access.clone());
         let proxy = proxy::Proxy::new(
             Arc::clone(&store),
             Arc::clone(&clock),
             access.clone(),
             keys.flow_state.clone(),
             keys.encryption.clone(),
+            users.clone(),
         );
-        let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone());
-        let oauth = oauth::OAuth::new(Arc::clone(&store), Arc::clone(&clock), signing.clone(), groups.clone());
+        let signing = signing::Signing::new(Arc::clone(&store), keys.encryption.clone(), Arc::clone(&clock));
+        let oauth = oauth::OAuth::new(Arc::clone(&store), Arc::clone(&clock), signing.clone(), users.clone());
         let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
         let mfa = mfa::Mfa::new(Arc::clone(&store), Arc::clone(&clock), events.clone(), &keys.encryption)?;
         let flows = FlowEngine::new(FlowServices {
@@ -142,6 +147,7 @@ impl Core {
             access: access.clone(),
             mailer: mailer.clone(),
             mfa: mfa.clone(),
+            oauth: oauth.clone(),
         });
         Ok(Arc::new(Core {
             store,
@@ -158,6 +164,7 @@ impl Core {
             proxy,
             signing,
             oauth,
+            users,
             mfa,
         }))
     }
@@ -193,12 +200,16 @@ impl Core {
                             core.sessions.apply_change(&change);
                             core.proxy.apply_change(&change);
                             core.oauth.apply_change(&change);
+                            core.signing.apply_change(&change);
+                            core.users.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             core.access.policies.invalidate();
                             core.sessions.clear();
                             core.proxy.invalidate();
                             core.oauth.invalidate();
+                            core.signing.invalidate();
+                            core.users.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

@@ -28,6 +28,7 @@ use crate::model::{Application, Change, User};
 use crate::policy::{PolicyUser, RequestFacts};
 use crate::sessions::ActiveSession;
 use crate::store::Store;
+use crate::user_cache::UserCache;
 
 /// How long a login round trip may take before its state expires.
 const STATE_TTL_SECS: i64 = 15 * 60;
@@ -162,14 +163,13 @@ pub struct Proxy {
     encryption: DerivedKey,
     table: Arc<RwLock<Option<Arc<Table>>>>,
     generation: Arc<AtomicU64>,
-    users: Cache<Uuid, Arc<User>>,
+    /// Users and their policy views, shared with OIDC (the core's one user cache).
+    users: UserCache,
     /// Hand-off codes already redeemed (one use each, on this instance).
     used: Cache<String, ()>,
     /// JWTs handed to applications, per (session, provider): signing one per request would
     /// cost more than the rest of the check.
     jwts: Cache<(String, Uuid), Arc<CachedJwt>>,
-    /// Users' policy views (effective groups resolved), so a check makes no store query.
-    policy_users: Cache<Uuid, Arc<PolicyUser>>,
 }
 
 /// A signed JWT and what it was made from: reused only while the identity is unchanged and
@@ -188,6 +188,7 @@ impl Proxy {
         access: Access,
         state_key: DerivedKey,
         encryption: DerivedKey,
+        users: UserCache,
     ) -> Self {
         Proxy {
             store,
@@ -197,37 +198,19 @@ impl Proxy {
             encryption,
             table: Arc::new(RwLock::new(None)),
             generation: Arc::new(AtomicU64::new(0)),
-            users: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(300))
-                .support_invalidation_closures()
-                .build(),
+            users,
             used: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(HANDOFF_TTL_SECS as u64 * 2))
                 .build(),
             jwts: Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(3600)).build(),
-            policy_users: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(300))
-                .build(),
         }
     }
 
-    /// Applies a change made by any process to the caches.
+    /// Applies a change made by any process to the caches (the user cache applies its own).
     pub fn apply_change(&self, change: &Change) {
-        match change {
-            Change::Config => self.invalidate(),
-            Change::User(id) => {
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                self.users.invalidate(id);
-                self.policy_users.invalidate(id);
-            }
-            Change::Groups => {
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                self.policy_users.invalidate_all();
-            }
-            Change::Session(_) => {}
+        if *change == Change::Config {
+            self.invalidate();
         }
     }
 
@@ -236,8 +219,6 @@ impl Proxy {
         if let Ok(mut t) = self.table.write() {
             *t = None;
         }
-        self.users.invalidate_all();
-        self.policy_users.invalidate_all();
     }
 
     async fn table(&self) -> Result<Arc<Table>> {
@@ -357,26 +338,11 @@ impl Proxy {
     }
 
     async fn policy_user(&self, user: &User) -> Result<Arc<PolicyUser>> {
-        if let Some(u) = self.policy_users.get(&user.id) {
-            return Ok(u);
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let loaded = Arc::new(self.access.policy_user(user).await?);
-        // A change seen while loading may have made it stale: use it, do not keep it.
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.policy_users.insert(user.id, Arc::clone(&loaded));
-        }
-        Ok(loaded)
+        self.users.policy_user(user).await
     }
 
     async fn user(&self, id: Uuid) -> Result<Option<Arc<User>>> {
-        if let Some(u) = self.users.get(&id) {
-            return Ok(Some(u));
-        }
-        let Some(user) = self.store.get_user(id).await.map_err(CoreError::from_store)? else { return Ok(None) };
-        let user = Arc::new(user);
-        self.users.insert(id, Arc::clone(&user));
-        Ok(Some(user))
+        self.users.user(id).await
     }
 
     /// The JWT cached for (`session`, its key hash; `provider`) if it was made from `fingerprint` (the

@@ -1,34 +1,70 @@
-//! The instance's token signing keys: ES256 (P-256) signs forward-auth JWTs and OIDC tokens of
-//! providers that choose it; RS256 (RSA 2048) is the OIDC default. Each is generated on first
-//! use, kept encrypted at rest in the settings store (AES-256-GCM under the key derived for
-//! secret encryption), decoded once per process.
+//! The instance's token signing keys, one current key per algorithm: RS256 (RSA 2048) is the
+//! OIDC default, ES256 (P-256) signs forward-auth JWTs and OIDC tokens of providers that choose
+//! it, EdDSA (Ed25519) is selectable per provider. Each is generated on first use and kept
+//! encrypted at rest in the settings store (AES-256-GCM under the key derived for secret
+//! encryption, bound to its algorithm).
+//!
+//! Rotation makes a new key current; the old key's public half is kept (public keys need no
+//! sealing) and stays in JWKS and accepted by `verify` until every token it signed has
+//! expired, then it is dropped. Keys are cached in memory and reloaded when the change feed
+//! reports a settings change, so a rotation by the CLI reaches running servers.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde::Serialize;
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-use tokio::sync::OnceCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
+use crate::clock::Clock;
 use crate::error::{CoreError, Result};
 use crate::keys::DerivedKey;
+use crate::model::Change;
 use crate::store::Store;
 
-/// Settings key holding the encrypted key.
-const SETTING: &str = "signing_key_es256";
-/// Binds the ciphertext to its purpose: a blob encrypted for something else does not open here.
-const AAD: &[u8] = b"latchkey/v1/signing-key-es256";
+/// The algorithms keys exist for, in the order `keys list` shows them.
+pub const ALGORITHMS: &[Algorithm] = &[Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
-/// Settings key and AAD of the RS256 key (PKCS#1 DER inside).
-const SETTING_RS256: &str = "signing_key_rs256";
-const AAD_RS256: &[u8] = b"latchkey/v1/signing-key-rs256";
+/// Settings key of the retired public keys.
+const RETIRED_SETTING: &str = "signing_keys_retired";
 
-/// A decoded signing key.
+/// Where a current key of `alg` is stored and the AAD binding its ciphertext to that purpose:
+/// a blob encrypted for something else does not open here.
+fn storage(alg: Algorithm) -> Option<(&'static str, &'static [u8])> {
+    match alg {
+        Algorithm::ES256 => Some(("signing_key_es256", b"latchkey/v1/signing-key-es256")),
+        Algorithm::RS256 => Some(("signing_key_rs256", b"latchkey/v1/signing-key-rs256")),
+        Algorithm::EdDSA => Some(("signing_key_eddsa", b"latchkey/v1/signing-key-eddsa")),
+        _ => None,
+    }
+}
+
+/// The JOSE name of a supported algorithm.
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "RS256",
+    }
+}
+
+/// A supported algorithm by its JOSE name (`RS256`, `ES256`, `EdDSA`).
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RS256),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+/// A decoded current signing key.
 pub struct SigningKey {
     pub kid: String,
     pub alg: Algorithm,
@@ -38,39 +74,180 @@ pub struct SigningKey {
     pub jwk: Value,
 }
 
+/// A retired key as stored: its public half and until when tokens it signed may be alive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetiredRecord {
+    pub alg: String,
+    pub kid: String,
+    pub jwk: Value,
+    pub retired_at: i64,
+    /// Unix time after which no token it signed is valid; the key is dropped then.
+    pub expires_at: i64,
+}
+
+/// A retired key, decoded for verification.
+struct RetiredKey {
+    record: RetiredRecord,
+    alg: Algorithm,
+    decoding: DecodingKey,
+}
+
+/// What a rotation did, for the CLI and the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    pub alg: &'static str,
+    pub old_kid: Option<String>,
+    pub new_kid: String,
+    /// Until when the old public key stays published (unix time).
+    pub old_kept_until: Option<i64>,
+}
+
+/// One row of `keys list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub alg: &'static str,
+    pub kid: String,
+    /// `current` or `retired`.
+    pub status: &'static str,
+    pub expires_at: Option<i64>,
+}
+
+/// The retired list with `old` added: keys whose tokens have all expired by `now` are dropped.
+pub fn retire(list: Vec<RetiredRecord>, old: Option<RetiredRecord>, now: i64) -> Vec<RetiredRecord> {
+    list.into_iter().chain(old).filter(|r| r.expires_at > now).collect()
+}
+
+#[derive(Default)]
+struct Cache {
+    current: HashMap<Algorithm, Arc<SigningKey>>,
+    retired: Option<Arc<Vec<RetiredKey>>>,
+}
+
 #[derive(Clone)]
 pub struct Signing {
     store: Arc<dyn Store>,
     encryption: DerivedKey,
-    key: Arc<OnceCell<Arc<SigningKey>>>,
-    rsa: Arc<OnceCell<Arc<SigningKey>>>,
+    clock: Arc<dyn Clock>,
+    cache: Arc<RwLock<Cache>>,
+    /// Bumped on every invalidation; a load that raced with one is not cached.
+    generation: Arc<AtomicU64>,
+    /// One process generates a missing key at a time.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Signing {
-    pub fn new(store: Arc<dyn Store>, encryption: DerivedKey) -> Self {
-        Signing { store, encryption, key: Arc::new(OnceCell::new()), rsa: Arc::new(OnceCell::new()) }
+    pub fn new(store: Arc<dyn Store>, encryption: DerivedKey, clock: Arc<dyn Clock>) -> Self {
+        Signing {
+            store,
+            encryption,
+            clock,
+            cache: Arc::new(RwLock::new(Cache::default())),
+            generation: Arc::new(AtomicU64::new(0)),
+            creating: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
-    /// The key, loading (or creating) it on first use.
+    /// Settings changed somewhere (a rotation by another process among them): reload.
+    pub fn apply_change(&self, change: &Change) {
+        if *change == Change::Config {
+            self.invalidate();
+        }
+    }
+
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut c) = self.cache.write() {
+            *c = Cache::default();
+        }
+    }
+
+    /// The ES256 key (forward-auth JWTs), loading (or creating) it on first use.
     pub async fn key(&self) -> Result<Arc<SigningKey>> {
-        self.key.get_or_try_init(|| self.load_or_create()).await.cloned()
+        self.key_for(Algorithm::ES256).await
     }
 
     /// The RS256 key, loading (or generating) it on first use.
     pub async fn rsa_key(&self) -> Result<Arc<SigningKey>> {
-        self.rsa.get_or_try_init(|| self.load_or_create_rsa()).await.cloned()
+        self.key_for(Algorithm::RS256).await
     }
 
-    /// The key for `alg` (`RS256` or `ES256`).
+    /// The current key for `alg`, loading (or generating) it on first use.
     pub async fn key_for(&self, alg: Algorithm) -> Result<Arc<SigningKey>> {
-        match alg {
-            Algorithm::ES256 => self.key().await,
-            Algorithm::RS256 => self.rsa_key().await,
-            other => Err(CoreError::Internal(format!("no signing key for {other:?}"))),
+        match self.current(alg, true).await? {
+            Some(k) => Ok(k),
+            None => Err(CoreError::Internal(format!("no signing key for {alg:?}"))),
         }
     }
 
-    /// A compact JWS over `claims` with the key for `alg`.
+    /// The current key for `alg` from memory or the store; generated only when `create`
+    /// (verifying a token never creates a key).
+    async fn current(&self, alg: Algorithm, create: bool) -> Result<Option<Arc<SigningKey>>> {
+        if let Some(k) = self.cache.read().ok().and_then(|c| c.current.get(&alg).cloned()) {
+            return Ok(Some(k));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let key = match self.load_current(alg).await? {
+            Some(k) => k,
+            None if !create => return Ok(None),
+            None => {
+                let _guard = self.creating.lock().await;
+                match self.load_current(alg).await? {
+                    Some(k) => k,
+                    None => self.create(alg).await?,
+                }
+            }
+        };
+        let key = Arc::new(key);
+        if self.generation.load(Ordering::Acquire) == generation {
+            if let Ok(mut c) = self.cache.write() {
+                c.current.insert(alg, Arc::clone(&key));
+            }
+        }
+        Ok(Some(key))
+    }
+
+    async fn load_current(&self, alg: Algorithm) -> Result<Option<SigningKey>> {
+        let (setting, _) = storage(alg).ok_or_else(|| CoreError::Internal(format!("no signing key for {alg:?}")))?;
+        match self.store.get_setting(setting).await.map_err(CoreError::from_store)? {
+            Some(stored) => self.decode(alg, &stored).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Generates a key for `alg` and stores it sealed, as the current one.
+    async fn create(&self, alg: Algorithm) -> Result<SigningKey> {
+        let (setting, aad) = storage(alg).ok_or_else(|| CoreError::Internal(format!("no signing key for {alg:?}")))?;
+        let rng = SystemRandom::new();
+        let private = match alg {
+            Algorithm::RS256 => tokio::task::spawn_blocking(|| {
+                use rsa::pkcs1::EncodeRsaPrivateKey;
+                let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
+                    .map_err(|e| CoreError::Internal(format!("could not generate an RSA key: {e}")))?;
+                key.to_pkcs1_der()
+                    .map(|d| d.as_bytes().to_vec())
+                    .map_err(|e| CoreError::Internal(format!("could not encode the RSA key: {e}")))
+            })
+            .await
+            .map_err(|e| CoreError::Internal(format!("key generation failed: {e}")))??,
+            Algorithm::ES256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| CoreError::Internal("could not generate a signing key".into()))?
+                .as_ref()
+                .to_vec(),
+            _ => Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| CoreError::Internal("could not generate a signing key".into()))?
+                .as_ref()
+                .to_vec(),
+        };
+        let stored = self.seal(&private, &rng, alg_name(alg), aad)?;
+        self.store.set_setting(setting, &stored).await.map_err(CoreError::from_store)?;
+        // Another instance may have stored its key at the same moment; whichever the store
+        // kept is the one every instance uses.
+        let kept = self.store.get_setting(setting).await.map_err(CoreError::from_store)?.unwrap_or(stored);
+        tracing::info!(alg = alg_name(alg), "generated a token signing key");
+        self.decode(alg, &kept)
+    }
+
+    /// A compact JWS over `claims` with the current key for `alg`.
     pub async fn sign_with<T: Serialize>(&self, alg: Algorithm, claims: &T) -> Result<String> {
         let key = self.key_for(alg).await?;
         let mut header = Header::new(key.alg);
@@ -79,59 +256,204 @@ impl Signing {
             .map_err(|e| CoreError::Internal(format!("could not sign a token: {e}")))
     }
 
-    /// The claims of a token signed by one of our keys (`RS256` or `ES256`), if the signature
-    /// holds and it has not expired. The audience is the caller's to check.
+    /// Like [`Self::sign_with`], with a `typ` header (`logout+jwt`…).
+    pub async fn sign_typed<T: Serialize>(&self, alg: Algorithm, typ: &str, claims: &T) -> Result<String> {
+        let key = self.key_for(alg).await?;
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some(typ.to_string());
+        jsonwebtoken::encode(&header, claims, &key.encoding)
+            .map_err(|e| CoreError::Internal(format!("could not sign a token: {e}")))
+    }
+
+    /// A compact JWS (ES256) over `claims`, with the key's `kid`.
+    pub async fn sign<T: Serialize>(&self, claims: &T) -> Result<String> {
+        self.sign_with(Algorithm::ES256, claims).await
+    }
+
+    /// The retired keys still within their tokens' lifetime.
+    async fn retired(&self) -> Result<Arc<Vec<RetiredKey>>> {
+        if let Some(r) = self.cache.read().ok().and_then(|c| c.retired.clone()) {
+            return Ok(r);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let records = self.retired_records().await?;
+        let keys: Vec<RetiredKey> = records
+            .into_iter()
+            .filter_map(|record| {
+                let alg = parse_alg(&record.alg)?;
+                let decoding = decoding_from_jwk(&record.jwk)?;
+                Some(RetiredKey { record, alg, decoding })
+            })
+            .collect();
+        let keys = Arc::new(keys);
+        if self.generation.load(Ordering::Acquire) == generation {
+            if let Ok(mut c) = self.cache.write() {
+                c.retired = Some(Arc::clone(&keys));
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn retired_records(&self) -> Result<Vec<RetiredRecord>> {
+        let stored = self.store.get_setting(RETIRED_SETTING).await.map_err(CoreError::from_store)?;
+        Ok(stored.and_then(|v| serde_json::from_value(v.get("keys")?.clone()).ok()).unwrap_or_default())
+    }
+
+    /// The claims of a token signed by one of our keys, current or retired but not yet
+    /// dropped, if the signature holds and it has not expired. The audience is the caller's
+    /// to check.
     pub async fn verify(&self, token: &str) -> Option<Value> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        let key = match header.alg {
-            Algorithm::ES256 | Algorithm::RS256 => self.key_for(header.alg).await.ok()?,
-            _ => return None,
-        };
-        if header.kid.as_deref() != Some(key.kid.as_str()) {
-            return None;
-        }
-        let mut validation = Validation::new(key.alg);
+        let kid = header.kid.as_deref()?;
+        storage(header.alg)?;
+        let mut validation = Validation::new(header.alg);
         validation.validate_aud = false;
         validation.leeway = 0;
-        jsonwebtoken::decode::<Value>(token, &key.decoding, &validation).ok().map(|d| d.claims)
-    }
-
-    async fn load_or_create_rsa(&self) -> Result<Arc<SigningKey>> {
-        if let Some(stored) = self.store.get_setting(SETTING_RS256).await.map_err(CoreError::from_store)? {
-            return self.decode_rsa(&stored).map(Arc::new);
+        if let Some(current) = self.current(header.alg, false).await.ok()? {
+            if current.kid == kid {
+                return jsonwebtoken::decode::<Value>(token, &current.decoding, &validation).ok().map(|d| d.claims);
+            }
         }
-        let der = tokio::task::spawn_blocking(|| {
-            use rsa::pkcs1::EncodeRsaPrivateKey;
-            let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
-                .map_err(|e| CoreError::Internal(format!("could not generate an RSA key: {e}")))?;
-            key.to_pkcs1_der()
-                .map(|d| d.as_bytes().to_vec())
-                .map_err(|e| CoreError::Internal(format!("could not encode the RSA key: {e}")))
+        let now = self.clock.now().timestamp();
+        let retired = self.retired().await.ok()?;
+        let old = retired.iter().find(|r| r.alg == header.alg && r.record.kid == kid && r.record.expires_at > now)?;
+        jsonwebtoken::decode::<Value>(token, &old.decoding, &validation).ok().map(|d| d.claims)
+    }
+
+    /// The JWKS for tokens signed with `alg`: the current key and the retired ones whose
+    /// tokens may still be alive.
+    pub async fn jwks_for(&self, alg: Algorithm) -> Result<Value> {
+        let current = self.key_for(alg).await?;
+        let now = self.clock.now().timestamp();
+        let mut keys = vec![current.jwk.clone()];
+        for r in self.retired().await?.iter().filter(|r| r.alg == alg && r.record.expires_at > now) {
+            keys.push(r.record.jwk.clone());
+        }
+        Ok(json!({ "keys": keys }))
+    }
+
+    /// The JWKS of the forward-auth (ES256) key.
+    pub async fn jwks(&self) -> Result<Value> {
+        self.jwks_for(Algorithm::ES256).await
+    }
+
+    /// The longest lifetime of a token any provider signs (access and ID tokens, forward-auth
+    /// JWTs), in seconds: how long a retired key must stay published.
+    pub async fn longest_token_lifetime(&self) -> Result<i64> {
+        let providers = self.store.list_providers().await.map_err(CoreError::from_store)?;
+        Ok(providers
+            .iter()
+            .map(|p| p.config.get("access_token_validity").and_then(Value::as_i64).filter(|v| *v > 0).unwrap_or(300))
+            .fold(300, i64::max))
+    }
+
+    /// Makes a new key current for `alg`. The old public key stays published for
+    /// `keep_for_secs` (the longest lifetime of a token it may have signed).
+    pub async fn rotate(&self, alg: Algorithm, keep_for_secs: i64) -> Result<Rotation> {
+        let _guard = self.creating.lock().await;
+        let now = self.clock.now().timestamp();
+        let old = self.load_current(alg).await?;
+        let old_record = old.as_ref().map(|k| RetiredRecord {
+            alg: alg_name(alg).to_string(),
+            kid: k.kid.clone(),
+            jwk: k.jwk.clone(),
+            retired_at: now,
+            expires_at: now + keep_for_secs.max(0),
+        });
+        // The old public key is recorded before the new key replaces it: a crash in between
+        // leaves it both current and retired, which is harmless.
+        let list = retire(self.retired_records().await?, old_record.clone(), now);
+        self.store.set_setting(RETIRED_SETTING, &json!({ "keys": list })).await.map_err(CoreError::from_store)?;
+        let new = self.create(alg).await?;
+        self.invalidate();
+        Ok(Rotation {
+            alg: alg_name(alg),
+            old_kid: old.map(|k| k.kid.clone()),
+            new_kid: new.kid.clone(),
+            old_kept_until: old_record.map(|r| r.expires_at),
         })
-        .await
-        .map_err(|e| CoreError::Internal(format!("key generation failed: {e}")))??;
-        let stored = self.encrypt_with(&der, &SystemRandom::new(), "RS256", AAD_RS256)?;
-        self.store.set_setting(SETTING_RS256, &stored).await.map_err(CoreError::from_store)?;
-        let kept = self.store.get_setting(SETTING_RS256).await.map_err(CoreError::from_store)?.unwrap_or(stored);
-        tracing::info!("generated the token signing key (RS256)");
-        self.decode_rsa(&kept).map(Arc::new)
     }
 
-    fn decode_rsa(&self, stored: &Value) -> Result<SigningKey> {
-        use rsa::pkcs1::DecodeRsaPrivateKey;
-        use rsa::traits::PublicKeyParts;
-        let der = self.open(stored, AAD_RS256)?;
-        let corrupt = |what: &str| CoreError::Internal(format!("stored RSA signing key: {what}"));
-        let key = rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|_| corrupt("not an RSA key"))?;
-        let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());
-        let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
-        let kid = hex::encode(&Sha256::digest(format!("{n}.{e}").as_bytes())[..8]);
-        let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|_| corrupt("bad public key"))?;
-        let jwk = json!({ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e });
-        Ok(SigningKey { kid, alg: Algorithm::RS256, encoding: EncodingKey::from_rsa_der(&der), decoding, jwk })
+    /// Every key that exists: current ones (without generating missing ones) and retired
+    /// ones not yet dropped.
+    pub async fn list(&self) -> Result<Vec<KeyInfo>> {
+        let now = self.clock.now().timestamp();
+        let mut out = Vec::new();
+        for &alg in ALGORITHMS {
+            if let Some(k) = self.load_current(alg).await? {
+                out.push(KeyInfo { alg: alg_name(alg), kid: k.kid, status: "current", expires_at: None });
+            }
+            for r in self.retired_records().await?.into_iter().filter(|r| r.alg == alg_name(alg) && r.expires_at > now)
+            {
+                out.push(KeyInfo { alg: alg_name(alg), kid: r.kid, status: "retired", expires_at: Some(r.expires_at) });
+            }
+        }
+        Ok(out)
     }
 
-    /// Decrypts a stored key blob.
+    fn decode(&self, alg: Algorithm, stored: &Value) -> Result<SigningKey> {
+        let (_, aad) = storage(alg).ok_or_else(|| CoreError::Internal(format!("no signing key for {alg:?}")))?;
+        let private = self.open(stored, aad)?;
+        let corrupt = |what: &str| CoreError::Internal(format!("stored {} signing key: {what}", alg_name(alg)));
+        match alg {
+            Algorithm::RS256 => {
+                use rsa::pkcs1::DecodeRsaPrivateKey;
+                use rsa::traits::PublicKeyParts;
+                let key = rsa::RsaPrivateKey::from_pkcs1_der(&private).map_err(|_| corrupt("not an RSA key"))?;
+                let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());
+                let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
+                let kid = hex::encode(&Sha256::digest(format!("{n}.{e}").as_bytes())[..8]);
+                let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|_| corrupt("bad public key"))?;
+                let jwk = json!({ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e });
+                Ok(SigningKey { kid, alg, encoding: EncodingKey::from_rsa_der(&private), decoding, jwk })
+            }
+            Algorithm::ES256 => {
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &private, &SystemRandom::new())
+                    .map_err(|_| corrupt("not a P-256 key"))?;
+                // Uncompressed point: 0x04 || x (32) || y (32).
+                let point = pair.public_key().as_ref();
+                if point.len() != 65 {
+                    return Err(corrupt("unexpected public key length"));
+                }
+                let kid = hex::encode(&Sha256::digest(point)[..8]);
+                let (x, y) = (URL_SAFE_NO_PAD.encode(&point[1..33]), URL_SAFE_NO_PAD.encode(&point[33..65]));
+                let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|_| corrupt("bad public key"))?;
+                let jwk =
+                    json!({ "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid, "x": x, "y": y });
+                Ok(SigningKey { kid, alg, encoding: EncodingKey::from_ec_der(&private), decoding, jwk })
+            }
+            _ => {
+                let pair =
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&private).map_err(|_| corrupt("not an Ed25519 key"))?;
+                let public = pair.public_key().as_ref();
+                let kid = hex::encode(&Sha256::digest(public)[..8]);
+                let x = URL_SAFE_NO_PAD.encode(public);
+                let decoding = DecodingKey::from_ed_components(&x).map_err(|_| corrupt("bad public key"))?;
+                let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": kid, "x": x });
+                Ok(SigningKey { kid, alg, encoding: EncodingKey::from_ed_der(&private), decoding, jwk })
+            }
+        }
+    }
+
+    fn cipher(&self) -> Result<LessSafeKey> {
+        let unbound = UnboundKey::new(&AES_256_GCM, self.encryption.bytes())
+            .map_err(|_| CoreError::Internal("bad encryption key".into()))?;
+        Ok(LessSafeKey::new(unbound))
+    }
+
+    fn seal(&self, plain: &[u8], rng: &SystemRandom, alg: &str, aad: &[u8]) -> Result<Value> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce).map_err(|_| CoreError::Internal("no randomness".into()))?;
+        let mut buf = plain.to_vec();
+        self.cipher()?
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| CoreError::Internal("could not encrypt the signing key".into()))?;
+        Ok(json!({ "alg": alg, "enc": "A256GCM", "nonce": STANDARD.encode(nonce), "ciphertext": STANDARD.encode(buf) }))
+    }
+
+    /// Decrypts a stored key blob. A different secret key cannot open it: instances sharing a
+    /// store need the same secret_key.
     fn open(&self, stored: &Value, aad: &[u8]) -> Result<Vec<u8>> {
         let corrupt = |what: &str| CoreError::Internal(format!("stored signing key: {what}"));
         let field = |name: &str| {
@@ -145,81 +467,42 @@ impl Signing {
             .map_err(|_| corrupt("cannot be decrypted with this secret_key"))?;
         Ok(plain.to_vec())
     }
+}
 
-    /// `{"keys": [jwk]}` as published at a JWKS endpoint.
-    pub async fn jwks(&self) -> Result<Value> {
-        Ok(json!({ "keys": [self.key().await?.jwk.clone()] }))
+/// The verification key of a published JWK (ours: RSA, P-256 or Ed25519).
+fn decoding_from_jwk(jwk: &Value) -> Option<DecodingKey> {
+    let s = |k: &str| jwk.get(k).and_then(Value::as_str);
+    match s("kty")? {
+        "RSA" => DecodingKey::from_rsa_components(s("n")?, s("e")?).ok(),
+        "EC" => DecodingKey::from_ec_components(s("x")?, s("y")?).ok(),
+        "OKP" => DecodingKey::from_ed_components(s("x")?).ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kid: &str, expires_at: i64) -> RetiredRecord {
+        RetiredRecord { alg: "RS256".into(), kid: kid.into(), jwk: json!({}), retired_at: 0, expires_at }
     }
 
-    /// A compact JWS (ES256) over `claims`, with the key's `kid`.
-    pub async fn sign<T: Serialize>(&self, claims: &T) -> Result<String> {
-        let key = self.key().await?;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding)
-            .map_err(|e| CoreError::Internal(format!("could not sign a token: {e}")))
+    #[test]
+    fn retiring_drops_keys_whose_tokens_have_all_expired() {
+        let list = vec![record("a", 100), record("b", 200)];
+        let out = retire(list, Some(record("c", 400)), 150);
+        assert_eq!(out.iter().map(|r| r.kid.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        // A key whose tokens expire exactly now is gone: nothing it signed is still valid.
+        assert!(retire(out, None, 400).is_empty());
     }
 
-    async fn load_or_create(&self) -> Result<Arc<SigningKey>> {
-        if let Some(stored) = self.store.get_setting(SETTING).await.map_err(CoreError::from_store)? {
-            return self.decode(&stored).map(Arc::new);
+    #[test]
+    fn algorithms_by_name() {
+        for &alg in ALGORITHMS {
+            assert_eq!(parse_alg(alg_name(alg)), Some(alg));
         }
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| CoreError::Internal("could not generate a signing key".into()))?;
-        let stored = self.encrypt(pkcs8.as_ref(), &rng)?;
-        self.store.set_setting(SETTING, &stored).await.map_err(CoreError::from_store)?;
-        // Another instance may have stored its key at the same moment; whichever the store
-        // kept is the one every instance uses.
-        let kept = self.store.get_setting(SETTING).await.map_err(CoreError::from_store)?.unwrap_or(stored);
-        tracing::info!("generated the token signing key (ES256)");
-        self.decode(&kept).map(Arc::new)
-    }
-
-    fn cipher(&self) -> Result<LessSafeKey> {
-        let unbound = UnboundKey::new(&AES_256_GCM, self.encryption.bytes())
-            .map_err(|_| CoreError::Internal("bad encryption key".into()))?;
-        Ok(LessSafeKey::new(unbound))
-    }
-
-    fn encrypt(&self, plain: &[u8], rng: &SystemRandom) -> Result<Value> {
-        self.encrypt_with(plain, rng, "ES256", AAD)
-    }
-
-    fn encrypt_with(&self, plain: &[u8], rng: &SystemRandom, alg: &str, aad: &[u8]) -> Result<Value> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(|_| CoreError::Internal("no randomness".into()))?;
-        let mut buf = plain.to_vec();
-        self.cipher()?
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-            .map_err(|_| CoreError::Internal("could not encrypt the signing key".into()))?;
-        Ok(json!({ "alg": alg, "enc": "A256GCM", "nonce": STANDARD.encode(nonce), "ciphertext": STANDARD.encode(buf) }))
-    }
-
-    fn decode(&self, stored: &Value) -> Result<SigningKey> {
-        let corrupt = |what: &str| CoreError::Internal(format!("stored signing key: {what}"));
-        let field = |name: &str| {
-            stored.get(name).and_then(Value::as_str).and_then(|s| STANDARD.decode(s).ok()).ok_or_else(|| corrupt(name))
-        };
-        let nonce: [u8; NONCE_LEN] = field("nonce")?.try_into().map_err(|_| corrupt("nonce length"))?;
-        let mut buf = field("ciphertext")?;
-        // A different secret key cannot open it: instances sharing a store need the same secret_key.
-        let pkcs8 = self
-            .cipher()?
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), &mut buf)
-            .map_err(|_| corrupt("cannot be decrypted with this secret_key"))?;
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
-            .map_err(|_| corrupt("not a P-256 key"))?;
-        // Uncompressed point: 0x04 || x (32) || y (32).
-        let point = pair.public_key().as_ref();
-        if point.len() != 65 {
-            return Err(corrupt("unexpected public key length"));
-        }
-        let (x, y) = (&point[1..33], &point[33..65]);
-        let kid = hex::encode(&Sha256::digest(point)[..8]);
-        let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
-        let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|_| corrupt("bad public key"))?;
-        let jwk = json!({ "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid, "x": x, "y": y });
-        Ok(SigningKey { kid, alg: Algorithm::ES256, encoding: EncodingKey::from_ec_der(pkcs8), decoding, jwk })
+        assert_eq!(parse_alg("HS256"), None);
+        assert_eq!(parse_alg("none"), None);
     }
 }

@@ -113,7 +113,7 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
         "end_session_endpoint": format!("{o}{PREFIX}/{}/end-session/", client.app.slug),
         "jwks_uri": format!("{o}{PREFIX}/{}/jwks/", client.app.slug),
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", DEVICE_GRANT],
         "device_authorization_endpoint": format!("{o}{PREFIX}/device/"),
         "subject_types_supported": ["public"],
@@ -125,32 +125,72 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
         "claims_parameter_supported": false,
+        "prompt_values_supported": ["none", "login", "consent"],
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     });
     Ok(([(header::CACHE_CONTROL, "public, max-age=300")], Json(body)).into_response())
 }
 
 async fn jwks(State(state): State<AppState>, Path(slug): Path<String>) -> WebResult<Response> {
     let client = client_for_slug(&state, &slug).await?;
-    let key = state.core.signing.key_for(client.alg).await?;
-    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], Json(json!({ "keys": [key.jwk.clone()] }))).into_response())
+    let keys = state.core.signing.jwks_for(client.alg).await?;
+    Ok(([(header::CACHE_CONTROL, "public, max-age=300")], Json(keys)).into_response())
 }
 
 /// Sends an error back to the client's (already validated) redirect URI.
-fn redirect_error(redirect_uri: &str, e: &OAuthError, st: Option<&String>) -> Response {
+fn redirect_error(redirect_uri: &str, e: &OAuthError, st: Option<&String>, form_post: bool) -> Response {
+    let mut pairs = vec![("error", e.error.to_string()), ("error_description", e.description.clone())];
+    if let Some(s) = st {
+        pairs.push(("state", s.clone()));
+    }
+    to_client(redirect_uri, &pairs, form_post)
+}
+
+/// The authorization response: query parameters on a redirect, or (`response_mode=form_post`)
+/// an HTML form POSTed to the redirect URI, submitted by a script allowed by its hash alone
+/// and by a button where scripts do not run.
+fn to_client(redirect_uri: &str, pairs: &[(&str, String)], form_post: bool) -> Response {
     let mut url = match Url::parse(redirect_uri) {
         Ok(u) => u,
         Err(_) => return WebError::bad_request("The redirect_uri is not a URL.").into_response(),
     };
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("error", e.error);
-        q.append_pair("error_description", &e.description);
-        if let Some(s) = st {
-            q.append_pair("state", s);
-        }
+    if !form_post {
+        url.query_pairs_mut().extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
+        return no_store(found(url.as_str()));
     }
-    found(url.as_str())
+    let inputs: String = pairs
+        .iter()
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)))
+        .collect();
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signing in…</title>\
+         <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main class=\"card\">\
+         <form method=\"post\" action=\"{action}\">{inputs}<p>Returning to the application…</p>\
+         <button type=\"submit\">Continue</button></form></main><script>{FORM_POST_SCRIPT}</script></body></html>",
+        action = escape(url.as_str())
+    );
+    let origin = url.origin().ascii_serialization();
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; script-src '{}'; form-action {origin}; base-uri 'none'; frame-ancestors 'none'",
+        form_post_script_hash()
+    );
+    let mut r = axum::response::Html(page).into_response();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    no_store(r)
+}
+
+/// Submits the form_post page's form on load.
+const FORM_POST_SCRIPT: &str = "document.forms[0].submit();";
+
+/// The CSP source allowing exactly [`FORM_POST_SCRIPT`].
+fn form_post_script_hash() -> String {
+    use sha2::Digest;
+    format!("sha256-{}", STANDARD.encode(sha2::Sha256::digest(FORM_POST_SCRIPT.as_bytes())))
 }
 
 fn encode_query(q: &BTreeMap<String, String>) -> String {
@@ -184,14 +224,19 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
         None => return Err(WebError::bad_request("The redirect_uri parameter is missing.")),
     };
     let st = q.get("state");
-    let fail = |e: OAuthError| Ok(redirect_error(&redirect_uri, &e, st));
+    let form_post = match q.get("response_mode").map(String::as_str) {
+        None | Some("query") => false,
+        Some("form_post") => true,
+        Some(_) => {
+            let e = OAuthError::invalid_request("response_mode must be query or form_post.");
+            return Ok(redirect_error(&redirect_uri, &e, st, false));
+        }
+    };
+    let fail = |e: OAuthError| Ok(redirect_error(&redirect_uri, &e, st, form_post));
     match q.get("response_type").map(String::as_str) {
         Some("code") => {}
         Some(_) => return fail(OAuthError::new("unsupported_response_type", "Only response_type=code is supported.")),
         None => return fail(OAuthError::invalid_request("The response_type parameter is missing.")),
-    }
-    if q.get("response_mode").is_some_and(|m| m != "query") {
-        return fail(OAuthError::invalid_request("Only response_mode=query is supported."));
     }
     if q.contains_key("request") || q.contains_key("request_uri") {
         return fail(OAuthError::new("request_not_supported", "Request objects are not supported."));
@@ -208,6 +253,12 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
         return fail(e);
     }
     let prompt: Vec<&str> = q.get("prompt").map(|p| p.split_whitespace().collect()).unwrap_or_default();
+    if let Some(bad) = prompt.iter().find(|p| !matches!(**p, "none" | "login" | "consent" | "select_account")) {
+        return fail(OAuthError::invalid_request(format!("prompt={bad} is not supported.")));
+    }
+    if prompt.contains(&"none") && prompt.len() > 1 {
+        return fail(OAuthError::invalid_request("prompt=none cannot be combined with other values."));
+    }
     let max_age = match q.get("max_age").map(|m| m.parse::<i64>()) {
         Some(Ok(m)) if m >= 0 => Some(m),
         Some(_) => return fail(OAuthError::invalid_request("max_age must be a number of seconds.")),
@@ -228,7 +279,13 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
         back.remove("prompt");
         back.remove("max_age");
         let here = format!("{PREFIX}/authorize/?{}", encode_query(&back));
-        return Ok(found(&login_url(&here)));
+        let mut to = login_url(&here);
+        // login_hint pre-fills the identification stage.
+        if let Some(hint) = q.get("login_hint").filter(|h| h.len() <= 254 && !h.chars().any(char::is_control)) {
+            to.push_str("&login_hint=");
+            to.extend(url::form_urlencoded::byte_serialize(hint.as_bytes()));
+        }
+        return Ok(found(&to));
     };
     let user = state
         .core
@@ -264,6 +321,10 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
             fq.insert("permissions".to_string(), scopes.join(" "));
             fq.insert(COMPLETION.to_string(), marker.clone());
             fq.insert("next".to_string(), format!("{PREFIX}/authorize/?{}", encode_query(&back)));
+            if prompt.contains(&"consent") {
+                // Asks again even where consent was given before (OIDC Core §3.1.2.1).
+                fq.insert(latchkey_core::flow::consent::FORCE.to_string(), "true".to_string());
+            }
             let response = state
                 .core
                 .flows
@@ -278,6 +339,12 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
                 "access_denied" => {
                     let msg = response.challenge.data.get("error").and_then(Value::as_str).unwrap_or("Access denied.");
                     return Err(WebError::forbidden(msg.to_string()));
+                }
+                "consent" if prompt.contains(&"none") => {
+                    return fail(OAuthError::new("consent_required", "The user has not consented yet."));
+                }
+                _ if prompt.contains(&"none") => {
+                    return fail(OAuthError::new("interaction_required", "The authorization flow needs the user."));
                 }
                 _ => {
                     // The user has something to do (consent…): show the flow, which returns here.
@@ -309,15 +376,11 @@ async fn authorize_inner(state: &AppState, caller: &Caller, raw: &str) -> WebRes
             json!({ "application": client.app.slug, "scopes": grant.scopes }),
         )
         .await;
-    let mut url = Url::parse(&redirect_uri).map_err(|_| WebError::bad_request("The redirect_uri is not a URL."))?;
-    {
-        let mut pairs = url.query_pairs_mut();
-        pairs.append_pair("code", &code);
-        if let Some(s) = st {
-            pairs.append_pair("state", s);
-        }
+    let mut pairs = vec![("code", code)];
+    if let Some(s) = st {
+        pairs.push(("state", s.clone()));
     }
-    Ok((jar, no_store(found(url.as_str()))).into_response())
+    Ok((jar, to_client(&redirect_uri, &pairs, form_post)).into_response())
 }
 
 /// Uses up the receipt of a completed authorization flow, if it is this user's for this app.
@@ -386,6 +449,7 @@ async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap
         Ok(c) => c,
         Err(e) => return grant_error(e),
     };
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     let result = match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some(code) = form.get("code") else {
@@ -422,7 +486,21 @@ async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap
         None => return oauth_error(OAuthError::invalid_request("The grant_type parameter is missing.")),
     };
     match result {
-        Ok(t) => no_store(Json(t).into_response()),
+        Ok(t) => {
+            let (user_id, username) = t.user.clone().unzip();
+            state
+                .core
+                .events
+                .record_raw(
+                    "token_issued",
+                    user_id,
+                    username,
+                    &caller.client(),
+                    json!({ "client_id": client.client_id, "application": client.app.slug, "grant_type": grant_type, "scope": t.scope, "refresh_token": t.refresh_token.is_some() }),
+                )
+                .await;
+            no_store(Json(t).into_response())
+        }
         Err(e) => grant_error(e),
     }
 }
@@ -500,6 +578,9 @@ async fn end_session(
     let q = params(raw.as_deref().unwrap_or("").as_bytes()).map_err(|e| WebError::bad_request(e.description))?;
     if let Some(cookie) = caller.session_cookie() {
         if let Some(session) = state.core.sessions.revoke_cookie(&cookie).await? {
+            if let Err(e) = state.core.oauth.backchannel_logout(session.user_id, &session.id).await {
+                tracing::warn!(error = %e, "back-channel logout could not be sent");
+            }
             state
                 .core
                 .events

@@ -122,6 +122,7 @@ impl App {
             .map_err(|e| anyhow!("{e}"))?;
         core.bootstrap().await.map_err(|e| anyhow!("cannot create the default objects: {e}"))?;
         core.access.set_hibp(Arc::new(HttpHibp::new(&config.password.hibp_url)?));
+        core.oauth.set_logout_delivery(Arc::new(crate::backchannel::HttpLogoutDelivery::new()?));
         // Mails render from the same overridable templates as pages.
         core.mailer
             .set_templates(Arc::new(latchkey_web::templates::Templates::new(Some(config.data_dir.join("templates")))));

@@ -63,6 +63,9 @@ pub enum Command {
     /// Consent users gave to applications.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Token signing keys: list and rotate.
+    #[command(subcommand)]
+    Keys(crate::keys_commands::KeysCommand),
     /// Invitations to enroll.
     #[command(subcommand)]
     Invitation(InvitationCommand),

@@ -1,10 +1,12 @@
 //! The `latchkey` binary: configuration, command line and wiring of the crates.
 
 mod app;
+mod backchannel;
 mod cli;
 mod commands;
 mod config;
 mod doctor;
+mod keys_commands;
 mod listen;
 mod logging;
 mod mailer;
@@ -117,6 +119,7 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
                 Command::Throttle(c) => commands::throttle(&app, c).await,
                 Command::Policy(c) => commands::policy(&app, c).await,
                 Command::Consent(c) => commands::consent(&app, c).await,
+                Command::Keys(c) => keys_commands::keys(&app, c).await,
                 Command::Email(c) => commands::email(&app, c).await,
                 Command::Invitation(c) => commands::invitation(&app, c).await,
                 Command::Doctor(cli::DoctorCommand::ForwardAuth { url }) => doctor::forward_auth(&app, &url).await,

@@ -814,6 +814,8 @@ mod recovery;
 
 #[path = "suite/oidc.rs"]
 mod oidc;
+#[path = "suite/oidc_node.rs"]
+mod oidc_node;
 
 #[path = "suite/api.rs"]
 mod api;

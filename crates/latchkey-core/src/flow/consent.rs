@@ -14,6 +14,9 @@ use crate::model::{Application, ConsentGrant};
 /// and the permissions (scopes) it asks for.
 pub const APPLICATION: &str = "application";
 pub const PERMISSIONS: &str = "permissions";
+/// Query key by which an authorization request with `prompt=consent` asks again even where
+/// consent was given before.
+pub const FORCE: &str = "force_consent";
 
 const MODES: &[&str] = &["always_require", "permanent", "expiring", "implicit"];
 
@@ -98,7 +101,8 @@ impl StageHandler for Consent {
             Self::record(cx, user_id, &app, permissions).await?;
             return Ok(Step::Next);
         }
-        if mode != "always_require" {
+        let forced = cx.state.data.get(FORCE).and_then(Value::as_bool).unwrap_or(false);
+        if mode != "always_require" && !forced {
             let now = cx.services.clock.now();
             let grant = cx.services.store.get_consent(user_id, app.id, now).await.map_err(CoreError::from_store)?;
             if grant.is_some_and(|g| permissions.iter().all(|p| g.permissions.contains(p))) {

@@ -208,6 +208,8 @@ pub struct FlowServices {
     pub access: Access,
     pub mailer: crate::mail::Mailer,
     pub mfa: crate::mfa::Mfa,
+    /// For back-channel logout when a session ends in a flow.
+    pub oauth: crate::oauth::OAuth,
 }
 
 /// Everything a stage sees while it runs.
@@ -395,6 +397,9 @@ impl FlowEngine {
             // The permissions (scopes) asked for, space-separated as OAuth writes them.
             if let Some(p) = state.query.get(consent::PERMISSIONS) {
                 state.data.insert(consent::PERMISSIONS.into(), json!(p.split_whitespace().collect::<Vec<_>>()));
+            }
+            if state.query.get(consent::FORCE).is_some_and(|f| f == "true") {
+                state.data.insert(consent::FORCE.into(), json!(true));
             }
         }
         let preq = policy_request(&self.services, &state, req).await?;

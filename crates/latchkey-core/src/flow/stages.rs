@@ -243,7 +243,11 @@ impl StageHandler for Identification {
 
     async fn challenge(&self, cx: &mut StageCx<'_>) -> Result<Step> {
         let challenge = Self::with_passkey(cx, Self::challenge_for(cx.config))?;
-        Ok(Step::Show(challenge))
+        // An OIDC login_hint, passed along by the authorize endpoint, pre-fills the field.
+        match cx.state.query.get("login_hint").filter(|h| h.len() <= 254 && !h.chars().any(char::is_control)) {
+            Some(hint) => Ok(Step::Show(challenge.with("pending_user_identifier", hint.clone()))),
+            None => Ok(Step::Show(challenge)),
+        }
     }
 
     async fn submit(&self, cx: &mut StageCx<'_>, answer: &Map<String, Value>) -> Result<Step> {
@@ -391,6 +395,10 @@ impl StageHandler for UserLogout {
                     .events
                     .record("logout", user.as_ref(), &cx.request.client, json!({ "session": session.id }))
                     .await;
+                // Apps that got tokens from this session hear of its end (OIDC back-channel logout).
+                if let Err(e) = cx.services.oauth.backchannel_logout(session.user_id, &session.id).await {
+                    tracing::warn!(error = %e, "back-channel logout could not be sent");
+                }
             }
         }
         cx.effects.clear_session = true;

@@ -8,6 +8,8 @@
 //! user's id (`<user>.<random>`), so a replayed, already used secret can still be recognised
 //! among the user's tokens and its whole family revoked.
 
+pub mod backchannel;
+pub mod claims;
 pub mod device;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,11 +26,11 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::{CoreError, Result};
-use crate::groups::GroupIndex;
 use crate::keys::{hash_secret, random_secret};
 use crate::model::{Application, Change, Provider, Token, TokenKind, User};
 use crate::signing::Signing;
 use crate::store::Store;
+use crate::user_cache::UserCache;
 
 /// Codes live this long.
 pub const CODE_TTL_SECS: i64 = 60;
@@ -120,6 +122,10 @@ pub struct Client {
     pub scopes: Vec<String>,
     pub access_token_validity: i64,
     pub refresh_token_validity: i64,
+    /// Extra claims from CEL expressions.
+    pub claim_mappings: Vec<claims::ClaimMapping>,
+    /// Where back-channel logout tokens are POSTed (OIDC Back-Channel Logout 1.0).
+    pub backchannel_logout_uri: Option<String>,
 }
 
 impl Client {
@@ -132,14 +138,14 @@ impl Client {
         let client_id = s("client_id")?;
         let client_type =
             if s("client_type").as_deref() == Some("public") { ClientType::Public } else { ClientType::Confidential };
-        let alg = match s("signing_alg").as_deref() {
-            Some("ES256") => Algorithm::ES256,
-            _ => Algorithm::RS256,
-        };
+        let alg = s("signing_alg").as_deref().and_then(crate::signing::parse_alg).unwrap_or(Algorithm::RS256);
         let scopes = list("scopes")
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+        let claim_mappings = claims::load(&provider.name, c);
         Some(Client {
+            claim_mappings,
+            backchannel_logout_uri: s("backchannel_logout_uri"),
             client_id,
             client_type,
             client_secret: s("client_secret"),
@@ -191,10 +197,7 @@ impl Client {
     }
 
     pub fn alg_name(&self) -> &'static str {
-        match self.alg {
-            Algorithm::ES256 => "ES256",
-            _ => "RS256",
-        }
+        crate::signing::alg_name(self.alg)
     }
 }
 
@@ -233,6 +236,9 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     pub scope: String,
+    /// Whom the tokens were issued for (none for client credentials), for the audit log.
+    #[serde(skip)]
+    pub user: Option<(Uuid, String)>,
 }
 
 #[derive(Clone)]
@@ -240,10 +246,11 @@ pub struct OAuth {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     signing: Signing,
-    groups: GroupIndex,
     /// The oauth2 clients, loaded once and dropped on `Change::Config`.
     clients: Arc<RwLock<Option<Arc<Vec<Client>>>>>,
     generation: Arc<AtomicU64>,
+    logout_delivery: Arc<std::sync::OnceLock<Arc<dyn backchannel::LogoutDelivery>>>,
+    users: UserCache,
 }
 
 /// `base64url(sha256(verifier))`, the S256 transformation (RFC 7636).
@@ -282,14 +289,15 @@ fn at_hash(access_token: &str) -> String {
 }
 
 impl OAuth {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Signing, groups: GroupIndex) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Signing, users: UserCache) -> Self {
         OAuth {
+            users,
             store,
             clock,
             signing,
-            groups,
             clients: Arc::new(RwLock::new(None)),
             generation: Arc::new(AtomicU64::new(0)),
+            logout_delivery: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -565,6 +573,7 @@ impl OAuth {
             id_token: None,
             refresh_token: None,
             scope: scopes.join(" "),
+            user: None,
         })
     }
 
@@ -600,9 +609,16 @@ impl OAuth {
                 user.attributes.get("email_verified").and_then(Value::as_bool).unwrap_or(user.email.is_some());
             c.insert("email_verified".into(), json!(verified));
         }
-        if has("groups") {
-            let groups = self.groups.effective_groups(user.id).await.map_err(CoreError::from_store)?;
-            c.insert("groups".into(), json!(groups.into_iter().map(|g| g.name).collect::<Vec<_>>()));
+        let mapped = claims::any_applies(&client.claim_mappings, scopes);
+        if has("groups") || mapped {
+            // Effective groups from the shared cache: userinfo makes no store query.
+            let view = self.users.policy_user(user).await?;
+            if has("groups") {
+                c.insert("groups".into(), json!(view.groups));
+            }
+            if mapped {
+                claims::apply(&client.claim_mappings, &client.provider.name, &client.client_id, &view, scopes, &mut c);
+            }
         }
         Ok(c)
     }
@@ -665,12 +681,13 @@ impl OAuth {
             id_token,
             refresh_token,
             scope: grant.scopes.join(" "),
+            user: Some((user.id, user.username.clone())),
         })
     }
 
     /// The claims of a valid access token (signature, expiry, active user, existing client).
     /// The user is `None` for a client-credentials token.
-    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, Option<User>, Value)>> {
+    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, Option<Arc<User>>, Value)>> {
         let Some(claims) = self.signing.verify(token).await else { return Ok(None) };
         if claims.get("scope").is_none() {
             // Not an access token (an ID token or a forward-auth JWT).
@@ -682,7 +699,7 @@ impl OAuth {
             return Ok(Some((client, None, claims)));
         };
         let Ok(uid) = Uuid::parse_str(uid) else { return Ok(None) };
-        match self.store.get_user(uid).await.map_err(CoreError::from_store)? {
+        match self.users.user(uid).await? {
             Some(u) if u.is_active => Ok(Some((client, Some(u), claims))),
             _ => Ok(None),
         }

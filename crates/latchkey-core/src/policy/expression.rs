@@ -54,6 +54,21 @@ impl Expression {
         Ok(Expression { program })
     }
 
+    /// Runs the program for its value (claim expressions), as JSON. `Err` holds a message for
+    /// logs: runtime error, a value JSON cannot carry, time limit exceeded.
+    pub fn evaluate_json(&self, vars: &CelVars) -> std::result::Result<Json, String> {
+        let started = Instant::now();
+        let mut ctx = Context::with_env(Arc::clone(env()));
+        ctx.add_variable_from_value("user", vars.user.clone());
+        ctx.add_variable_from_value("request", vars.request.clone());
+        ctx.add_variable_from_value("context", vars.context.clone());
+        let result = self.program.execute(&ctx);
+        if started.elapsed() > EXPRESSION_TIME_LIMIT {
+            return Err(format!("exceeded its time limit ({} ms)", started.elapsed().as_millis()));
+        }
+        cel_to_json(&result.map_err(|e| e.to_string())?)
+    }
+
     /// Runs the program. `Err` holds a message for logs (runtime error, non-bool result,
     /// time limit exceeded); callers fail closed on it.
     pub fn evaluate(&self, vars: &CelVars) -> std::result::Result<bool, String> {
@@ -129,6 +144,32 @@ impl CelVars {
 
 fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
     Value::Map(Map { map: Arc::new(entries.into_iter().map(|(k, v)| (Key::from(k), v)).collect()) })
+}
+
+fn cel_to_json(v: &Value) -> std::result::Result<Json, String> {
+    Ok(match v {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::UInt(u) => Json::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map(Json::Number).ok_or("returned a non-finite number")?,
+        Value::String(s) => Json::String(s.to_string()),
+        Value::List(items) => Json::Array(items.iter().map(cel_to_json).collect::<std::result::Result<_, _>>()?),
+        Value::Map(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in m.map.iter() {
+                let key = match k {
+                    Key::String(s) => s.to_string(),
+                    Key::Int(i) => i.to_string(),
+                    Key::Uint(u) => u.to_string(),
+                    Key::Bool(b) => b.to_string(),
+                };
+                out.insert(key, cel_to_json(v)?);
+            }
+            Json::Object(out)
+        }
+        other => return Err(format!("returned {}, which a claim cannot carry", other.type_of())),
+    })
 }
 
 fn json_to_cel(v: &Json) -> Value {

@@ -14,7 +14,7 @@ mod service;
 mod tests;
 
 pub use compiled::{CompiledPolicy, POLICY_KINDS};
-pub use expression::{EXPRESSION_TIME_LIMIT, MAX_EXPRESSION_LEN};
+pub use expression::{CelVars, Expression, EXPRESSION_TIME_LIMIT, MAX_EXPRESSION_LEN};
 pub use password::breach_count;
 pub use service::{test_expression, Policies};
 
@@ -28,7 +28,6 @@ use crate::error::{CoreError, Result};
 use crate::groups::GroupIndex;
 use crate::model::{BindingSubject, Group, PolicyBinding, User};
 use compiled::Outcome;
-use expression::CelVars;
 
 /// The user as policies see it.
 #[derive(Debug, Clone, PartialEq)]
