@@ -2,6 +2,8 @@
 //! It knows no web framework, no LDAP codec and no SQL.
 
 pub mod access;
+pub mod access_rules;
+pub mod app_passwords;
 pub mod blueprint;
 pub mod clock;
 pub mod directory;
@@ -9,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod flow;
 pub mod groups;
+pub mod header_auth;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
@@ -89,6 +92,10 @@ pub struct Core {
     pub oauth: oauth::OAuth,
     /// Second factors: TOTP, recovery codes.
     pub mfa: mfa::Mfa,
+    /// Per-user secrets for non-browser clients of forward auth.
+    pub app_passwords: app_passwords::AppPasswords,
+    /// `Authorization` header credentials (app passwords, access tokens) for forward auth.
+    pub header_auth: header_auth::HeaderAuth,
 }
 
 impl Core {
@@ -127,6 +134,16 @@ impl Core {
         let oauth = oauth::OAuth::new(Arc::clone(&store), Arc::clone(&clock), signing.clone(), groups.clone());
         let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
         let mfa = mfa::Mfa::new(Arc::clone(&store), Arc::clone(&clock), events.clone(), &keys.encryption)?;
+        let app_passwords = app_passwords::AppPasswords::new(Arc::clone(&store), Arc::clone(&clock), events.clone());
+        let header_auth = header_auth::HeaderAuth::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            app_passwords.clone(),
+            oauth.clone(),
+            Throttle::new(Arc::clone(&store), Arc::clone(&clock), ThrottleLimits::default()),
+            events.clone(),
+            groups.clone(),
+        );
         let flows = FlowEngine::new(FlowServices {
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
@@ -156,6 +173,8 @@ impl Core {
             signing,
             oauth,
             mfa,
+            app_passwords,
+            header_auth,
         }))
     }
 
@@ -190,12 +209,14 @@ impl Core {
                             core.sessions.apply_change(&change);
                             core.proxy.apply_change(&change);
                             core.oauth.apply_change(&change);
+                            core.header_auth.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             core.access.policies.invalidate();
                             core.sessions.clear();
                             core.proxy.invalidate();
                             core.oauth.invalidate();
+                            core.header_auth.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

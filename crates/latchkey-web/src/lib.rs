@@ -4,6 +4,7 @@
 pub mod authelia;
 pub mod error;
 pub mod flows;
+pub mod header_auth;
 pub mod health;
 pub mod meta;
 pub mod metrics;
