@@ -106,7 +106,10 @@ pub struct RuleSubject<'a> {
 pub enum RuleMatch<'a> {
     /// No rule matched: the provider's usual behaviour.
     None,
-    Matched { rule: &'a str, outcome: RuleOutcome },
+    Matched {
+        rule: &'a str,
+        outcome: RuleOutcome,
+    },
     /// A rule with a subject would have to be checked, and nobody is logged in yet.
     NeedsIdentity,
 }
@@ -252,7 +255,8 @@ impl AccessRule {
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
-        && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && h.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 #[cfg(test)]

@@ -104,7 +104,12 @@ impl AppPasswords {
     }
 
     /// Creates one for `user`; returns the secret (shown once, never stored) and the record.
-    pub async fn create(&self, user: &User, input: NewAppPassword, client: &ClientInfo) -> Result<(String, AppPassword)> {
+    pub async fn create(
+        &self,
+        user: &User,
+        input: NewAppPassword,
+        client: &ClientInfo,
+    ) -> Result<(String, AppPassword)> {
         let name = input.name.trim();
         if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
             return Err(CoreError::invalid_field(

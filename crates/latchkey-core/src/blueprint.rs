@@ -548,19 +548,17 @@ fn is_domain(s: &str) -> bool {
 /// What a provider of each type accepts.
 fn provider_fields(kind: ProviderKind) -> &'static [&'static str] {
     match kind {
-        ProviderKind::Proxy => {
-            &[
-                "mode",
-                "external_host",
-                "cookie_domain",
-                "internal_host",
-                "skip_path_regex",
-                "access_token_validity",
-                "access_rules",
-                "jwt_federation_providers",
-                "intercept_header_auth",
-            ]
-        }
+        ProviderKind::Proxy => &[
+            "mode",
+            "external_host",
+            "cookie_domain",
+            "internal_host",
+            "skip_path_regex",
+            "access_token_validity",
+            "access_rules",
+            "jwt_federation_providers",
+            "intercept_header_auth",
+        ],
         ProviderKind::Oauth2 => &[
             "client_type",
             "client_id",

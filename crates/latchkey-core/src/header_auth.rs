@@ -86,15 +86,7 @@ impl HeaderAuth {
         events: Events,
         groups: GroupIndex,
     ) -> Self {
-        HeaderAuth {
-            store,
-            clock,
-            app_passwords,
-            oauth,
-            throttle,
-            events,
-            groups,
-        }
+        HeaderAuth { store, clock, app_passwords, oauth, throttle, events, groups }
     }
 
     pub fn apply_change(&self, change: &Change) {

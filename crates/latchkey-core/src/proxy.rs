@@ -21,13 +21,13 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::access::Access;
+use crate::access_rules::{AccessRules, RuleMatch, RuleOutcome, RuleRequest, RuleSubject};
 use crate::clock::Clock;
 use crate::error::{CoreError, Result};
+use crate::header_auth::{CredentialIdentity, CredentialKind};
 use crate::keys::DerivedKey;
 use crate::model::{Application, Change, User};
 use crate::policy::{PolicyUser, RequestFacts};
-use crate::access_rules::{AccessRules, RuleMatch, RuleOutcome, RuleRequest, RuleSubject};
-use crate::header_auth::{CredentialIdentity, CredentialKind};
 use crate::sessions::{ActiveSession, SessionUser};
 use crate::store::Store;
 
@@ -451,19 +451,25 @@ impl Proxy {
 
     /// Whether the session behind `subject` (if any) satisfies the rules for `url` without a
     /// further factor: `false` only when a matching rule wants two factors the session lacks.
-    pub fn second_factor_satisfied(&self, provider: &ProxyProvider, url: &Url, method: &str, session: &ActiveSession, client_ip: Option<&str>) -> bool {
+    pub fn second_factor_satisfied(
+        &self,
+        provider: &ProxyProvider,
+        url: &Url,
+        method: &str,
+        session: &ActiveSession,
+        client_ip: Option<&str>,
+    ) -> bool {
         if provider.rules.is_empty() || has_second_factor(&session.session.amr) {
             return true;
         }
         let host = url.host_str().unwrap_or("").to_ascii_lowercase();
-        let facts = RuleRequest {
-            host: &host,
-            path: url.path(),
-            method,
-            client_ip: client_ip.and_then(|ip| ip.parse().ok()),
-        };
+        let facts =
+            RuleRequest { host: &host, path: url.path(), method, client_ip: client_ip.and_then(|ip| ip.parse().ok()) };
         let view = RuleSubject { username: &session.user.username, groups: &session.user.groups };
-        !matches!(provider.rules.evaluate(&facts, Some(&view)), RuleMatch::Matched { outcome: RuleOutcome::TwoFactor, .. })
+        !matches!(
+            provider.rules.evaluate(&facts, Some(&view)),
+            RuleMatch::Matched { outcome: RuleOutcome::TwoFactor, .. }
+        )
     }
 
     async fn policy_user(&self, user: &User) -> Result<Arc<PolicyUser>> {

@@ -90,7 +90,11 @@ impl AppPasswordStore for SqlStore {
             .map_err(db_err)?;
         let Some(row) = row else { return Ok(false) };
         let user_id = row.uuid("user_id")?;
-        sqlx::query("DELETE FROM app_passwords WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await.map_err(db_err)?;
+        sqlx::query("DELETE FROM app_passwords WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         feed::record(&mut tx, &Change::User(user_id)).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)

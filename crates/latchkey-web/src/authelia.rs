@@ -30,8 +30,8 @@ use url::Url;
 use crate::error::{WebError, WebResult};
 use crate::flows::login_url;
 use crate::outpost::{
-    caddy_target, denial, encode, envoy_target_under, forwarded, header_value, login_base, parse_url, required, stepup_url,
-    verdict,
+    caddy_target, denial, encode, envoy_target_under, forwarded, header_value, login_base, parse_url, required,
+    stepup_url, verdict,
 };
 use crate::request::Caller;
 use crate::state::AppState;

@@ -18,7 +18,10 @@ const MAX_AUTHORIZATION: usize = 16 * 1024;
 
 /// What the header carried, decoded.
 enum Sent {
-    Basic { username: String, secret: String },
+    Basic {
+        username: String,
+        secret: String,
+    },
     Bearer(String),
     /// A Basic or Bearer header that cannot be read.
     Garbled(&'static str),
@@ -75,7 +78,12 @@ pub(crate) async fn credential(
         Sent::Bearer(token) => Presented::Bearer(token),
         Sent::Garbled(scheme) => return Err(unauthorized(provider, scheme, "The Authorization header is malformed.")),
     };
-    let result = state.core.header_auth.verify(presented, &caller.client()).await.map_err(|e| WebError::from(e).into_response())?;
+    let result = state
+        .core
+        .header_auth
+        .verify(presented, &caller.client())
+        .await
+        .map_err(|e| WebError::from(e).into_response())?;
     match result {
         HeaderAuthResult::Valid(identity) => Ok(Some(identity)),
         HeaderAuthResult::Invalid => {
@@ -102,7 +110,8 @@ fn unauthorized(provider: &ProxyProvider, scheme: &str, message: &str) -> Respon
         format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")
     };
     let mut out = (StatusCode::UNAUTHORIZED, message.to_string()).into_response();
-    let value = HeaderValue::from_str(&challenge).unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"latchkey\""));
+    let value =
+        HeaderValue::from_str(&challenge).unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"latchkey\""));
     out.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     out

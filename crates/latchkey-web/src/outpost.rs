@@ -270,7 +270,8 @@ pub(crate) async fn verdict(
         }
         None => None,
     };
-    let verdict = state.core.proxy.decide(&provider, &req, subject).await.map_err(|e| WebError::from(e).into_response())?;
+    let verdict =
+        state.core.proxy.decide(&provider, &req, subject).await.map_err(|e| WebError::from(e).into_response())?;
     Ok((provider, verdict))
 }
 
@@ -322,7 +323,12 @@ async fn check(
 }
 
 /// 200 with the identity headers and a signed JWT.
-async fn identity(state: &AppState, caller: &Caller, provider: &ProxyProvider, subject: &Subject) -> WebResult<Response> {
+async fn identity(
+    state: &AppState,
+    caller: &Caller,
+    provider: &ProxyProvider,
+    subject: &Subject,
+) -> WebResult<Response> {
     let user = subject.user();
     let base = login_base(state, provider, caller);
     let proxy = &state.core.proxy;

@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-on_both_backends!(forward_auth_access_rules_through_caddy, forward_auth_credentials_through_caddy, forward_auth_through_envoy);
+on_both_backends!(
+    forward_auth_access_rules_through_caddy,
+    forward_auth_credentials_through_caddy,
+    forward_auth_through_envoy
+);
 
 const HOSTS: [&str; 6] = ["app", "admin", "secret", "media", "lan", "vpn"];
 const REDIRECT: &str = "http://rp.example.test/cb";
@@ -397,7 +401,8 @@ async fn forward_auth_credentials_through_caddy(env: Env) {
     }
 
     // Scoped to another application: refused here.
-    let scoped = env.cli_ok(&["app-password", "create", "alice", "--name", "grafana-only", "--application", "grafana"], "");
+    let scoped =
+        env.cli_ok(&["app-password", "create", "alice", "--name", "grafana-only", "--application", "grafana"], "");
     let r = c.get(at("app", "/")).header("authorization", basic("alice", scoped.trim())).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("grafana-only"));
