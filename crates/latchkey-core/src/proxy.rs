@@ -449,6 +449,26 @@ impl Proxy {
         })
     }
 
+    /// Whether `req` passes without identity (an unauthenticated path or a bypass rule), so no
+    /// credential needs to be looked at.
+    pub fn bypassed(&self, provider: &ProxyProvider, req: &ForwardedRequest) -> bool {
+        if provider.skips(req.url.path()) {
+            return true;
+        }
+        if provider.rules.is_empty() {
+            return false;
+        }
+        let host = req.url.host_str().unwrap_or("").to_ascii_lowercase();
+        let method = req.method.to_ascii_uppercase();
+        let facts = RuleRequest {
+            host: &host,
+            path: req.url.path(),
+            method: &method,
+            client_ip: req.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        };
+        matches!(provider.rules.evaluate(&facts, None), RuleMatch::Matched { outcome: RuleOutcome::Bypass, .. })
+    }
+
     /// Whether the session behind `subject` (if any) satisfies the rules for `url` without a
     /// further factor: `false` only when a matching rule wants two factors the session lacks.
     pub fn second_factor_satisfied(

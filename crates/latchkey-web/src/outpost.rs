@@ -265,7 +265,7 @@ pub(crate) async fn verdict(
     let subject = match session {
         Some(s) => Some(Subject::Session(s)),
         // Unauthenticated paths and bypass rules answer before any credential is looked at.
-        None if provider.intercept_header_auth && !provider.skips(target.path()) => {
+        None if provider.intercept_header_auth && !state.core.proxy.bypassed(&provider, &req) => {
             crate::header_auth::credential(state, caller, headers, &provider, nginx).await?.map(Subject::Credential)
         }
         None => None,
