@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Forward-auth benchmark for BENCHMARKS.md (issue 6 targets). Loopback only, bounded in time.
 # A forward-auth check with a valid session cookie (GET /outpost.goauthentik.io/auth/nginx
-# with X-Original-URL, straight at Latchkey) vs nginx `return 200`, in the same run:
+# with X-Original-URL, straight at Latchkey; the provider has four access rules) and the same
+# check with an app password (Authorization: Basic) vs nginx `return 200`, in the same run:
 # wrk -t2 -c64 -d10s, 3 runs each, medians, ratio, p99 (--latency); then RSS before and
 # after a 60 s run of the check.
 # Usage: bench/forward_auth.sh   (needs wrk and nginx: apt-get install -y wrk nginx-light)
@@ -36,6 +37,22 @@ providers:
     type: proxy
     mode: forward_single
     external_host: http://app.bench.test
+    # Rules in the path of every check (the request matches the last one).
+    access_rules:
+      - name: health
+        resources: ["^/api/health$"]
+        policy: bypass
+      - name: admin
+        domain: admin.bench.test
+        policy: two_factor
+      - name: lan
+        domain: app.bench.test
+        resources: ["^/lan/"]
+        networks: [10.0.0.0/8]
+        policy: bypass
+      - name: rest
+        domain: "*.bench.test"
+        policy: one_factor
 applications:
   - name: Bench app
     slug: bench-app
@@ -58,6 +75,12 @@ HDRS=(-H "Cookie: latchkey_session=$SESSION" -H "X-Original-URL: http://app.benc
 code=$(curl -s -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$CHECK")
 [ "$code" = 200 ] || { echo "forward-auth check answered $code, not 200"; exit 1; }
 
+# An app password for the Basic check (non-browser clients).
+APP_SECRET=$("$BIN" app-password create bench --name bench)
+BASIC=(-H "Authorization: Basic $(printf 'bench:%s' "$APP_SECRET" | base64 -w0)" -H "X-Original-URL: http://app.bench.test/some/page?x=1")
+code=$(curl -s -o /dev/null -w '%{http_code}' "${BASIC[@]}" "$CHECK")
+[ "$code" = 200 ] || { echo "Basic check answered $code, not 200"; exit 1; }
+
 NGINX=$(port)
 cat > "$WORK/nginx.conf" <<NGX
 worker_processes 2; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
@@ -70,6 +93,7 @@ echo "== machine"; nproc; grep -m1 'model name' /proc/cpuinfo || true
 echo "== forward-auth check (valid cookie) vs nginx return 200: wrk -t2 -c64 -d10s --latency, 3 runs each"
 for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "${HDRS[@]}" "$CHECK" > "$WORK/lk.$i"; done
 for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "http://127.0.0.1:$NGINX/" > "$WORK/ngx.$i"; done
+for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "${BASIC[@]}" "$CHECK" > "$WORK/basic.$i"; done
 grep -h 'Non-2xx' "$WORK"/lk.* && { echo "some checks were not 200"; exit 1; } || true
 LKR=$(for i in 1 2 3; do rps < "$WORK/lk.$i"; done | tr '\n' ' ')
 NGR=$(for i in 1 2 3; do rps < "$WORK/ngx.$i"; done | tr '\n' ' ')
@@ -80,6 +104,11 @@ NGM=$(echo "$NGR" | tr ' ' '\n' | grep . | median)
 echo "latchkey auth/nginx: $LKM req/s (runs: $LKR) p99 ms (runs: $LKP) median $(echo "$LKP" | tr ' ' '\n' | grep . | median)"
 echo "nginx return 200:    $NGM req/s (runs: $NGR) p99 ms (runs: $NGP) median $(echo "$NGP" | tr ' ' '\n' | grep . | median)"
 echo "ratio: $(awk -v a="$LKM" -v b="$NGM" 'BEGIN {printf "%.1f %%", 100*a/b}')"
+grep -h 'Non-2xx' "$WORK"/basic.* && { echo "some Basic checks were not 200"; exit 1; } || true
+BAR=$(for i in 1 2 3; do rps < "$WORK/basic.$i"; done | tr '\n' ' ')
+BAP=$(for i in 1 2 3; do p99 < "$WORK/basic.$i"; done | tr '\n' ' ')
+BAM=$(echo "$BAR" | tr ' ' '\n' | grep . | median)
+echo "latchkey Basic app password: $BAM req/s (runs: $BAR) p99 ms (runs: $BAP) median $(echo "$BAP" | tr ' ' '\n' | grep . | median); ratio to nginx: $(awk -v a="$BAM" -v b="$NGM" 'BEGIN {printf "%.1f %%", 100*a/b}')"
 
 echo "== RSS of latchkey serve around a 60 s check run (wrk -t2 -c64 -d60s)"
 echo "before: $(rss $LK) KiB"

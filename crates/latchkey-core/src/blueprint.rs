@@ -140,6 +140,11 @@ pub struct ProviderEntry {
     pub cookie_domain: Option<String>,
     pub internal_host: Option<String>,
     pub skip_path_regex: Option<String>,
+    /// Ordered access rules (see `access_rules`).
+    pub access_rules: Option<Vec<crate::access_rules::AccessRuleSpec>>,
+    /// OAuth2 providers (names or client ids) whose access tokens are accepted as Bearer.
+    pub jwt_federation_providers: Option<Vec<String>>,
+    pub intercept_header_auth: Option<bool>,
     // proxy and oauth2
     pub access_token_validity: Option<Validity>,
     // oauth2
@@ -547,9 +552,17 @@ fn is_domain(s: &str) -> bool {
 /// What a provider of each type accepts.
 fn provider_fields(kind: ProviderKind) -> &'static [&'static str] {
     match kind {
-        ProviderKind::Proxy => {
-            &["mode", "external_host", "cookie_domain", "internal_host", "skip_path_regex", "access_token_validity"]
-        }
+        ProviderKind::Proxy => &[
+            "mode",
+            "external_host",
+            "cookie_domain",
+            "internal_host",
+            "skip_path_regex",
+            "access_token_validity",
+            "access_rules",
+            "jwt_federation_providers",
+            "intercept_header_auth",
+        ],
         ProviderKind::Oauth2 => &[
             "client_type",
             "client_id",
@@ -581,6 +594,9 @@ impl ProviderEntry {
         add("cookie_domain", self.cookie_domain.is_some());
         add("internal_host", self.internal_host.is_some());
         add("skip_path_regex", self.skip_path_regex.is_some());
+        add("access_rules", self.access_rules.is_some());
+        add("jwt_federation_providers", self.jwt_federation_providers.is_some());
+        add("intercept_header_auth", self.intercept_header_auth.is_some());
         add("access_token_validity", self.access_token_validity.is_some());
         add("client_type", self.client_type.is_some());
         add("client_id", self.client_id.is_some());
@@ -922,6 +938,18 @@ fn validate_providers(bp: &Blueprint, known: &Known, errs: &Errs) -> Result<()> 
                 if let Some(internal) = &p.internal_host {
                     if http_url(internal).is_none() {
                         return Err(errs.at(&at("internal_host"), format!("'{internal}' is not an http(s) URL")));
+                    }
+                }
+                if let Some(rules) = &p.access_rules {
+                    if let Err(e) = crate::access_rules::AccessRules::compile(rules) {
+                        return Err(errs.at(&at("access_rules"), e.to_string()));
+                    }
+                }
+                if let Some(v) = &p.skip_path_regex {
+                    for line in v.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                        if let Err(e) = regex::Regex::new(line) {
+                            return Err(errs.at(&at("skip_path_regex"), format!("'{line}' is not a valid regex: {e}")));
+                        }
                     }
                 }
                 match (&p.cookie_domain, mode) {
@@ -1630,6 +1658,15 @@ impl Writer<'_> {
                 }
                 if let Some(v) = &p.skip_path_regex {
                     put("skip_path_regex", json!(v));
+                }
+                if let Some(v) = &p.access_rules {
+                    put("access_rules", json!(v));
+                }
+                if let Some(v) = &p.jwt_federation_providers {
+                    put("jwt_federation_providers", json!(v));
+                }
+                if let Some(v) = p.intercept_header_auth {
+                    put("intercept_header_auth", json!(v));
                 }
             }
             ProviderKind::Oauth2 => {

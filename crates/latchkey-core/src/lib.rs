@@ -2,6 +2,8 @@
 //! It knows no web framework, no LDAP codec and no SQL.
 
 pub mod access;
+pub mod access_rules;
+pub mod app_passwords;
 pub mod blueprint;
 pub mod clock;
 pub mod console;
@@ -10,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod flow;
 pub mod groups;
+pub mod header_auth;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
@@ -95,6 +98,10 @@ pub struct Core {
     pub users: user_cache::UserCache,
     /// Second factors: TOTP, recovery codes.
     pub mfa: mfa::Mfa,
+    /// Per-user secrets for non-browser clients of forward auth.
+    pub app_passwords: app_passwords::AppPasswords,
+    /// `Authorization` header credentials (app passwords, access tokens) for forward auth.
+    pub header_auth: header_auth::HeaderAuth,
 }
 
 impl Core {
@@ -135,6 +142,16 @@ impl Core {
         let oauth = oauth::OAuth::new(Arc::clone(&store), Arc::clone(&clock), signing.clone(), users.clone());
         let mailer = Mailer::new(Arc::clone(&store), Arc::clone(&clock));
         let mfa = mfa::Mfa::new(Arc::clone(&store), Arc::clone(&clock), events.clone(), &keys.encryption)?;
+        let app_passwords = app_passwords::AppPasswords::new(Arc::clone(&store), Arc::clone(&clock), events.clone());
+        let header_auth = header_auth::HeaderAuth::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            app_passwords.clone(),
+            oauth.clone(),
+            Throttle::new(Arc::clone(&store), Arc::clone(&clock), ThrottleLimits::default()),
+            events.clone(),
+            groups.clone(),
+        );
         let flows = FlowEngine::new(FlowServices {
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
@@ -166,6 +183,8 @@ impl Core {
             oauth,
             users,
             mfa,
+            app_passwords,
+            header_auth,
         }))
     }
 
@@ -202,6 +221,7 @@ impl Core {
                             core.oauth.apply_change(&change);
                             core.signing.apply_change(&change);
                             core.users.apply_change(&change);
+                            core.header_auth.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             core.access.policies.invalidate();
@@ -210,6 +230,7 @@ impl Core {
                             core.oauth.invalidate();
                             core.signing.invalidate();
                             core.users.invalidate();
+                            core.header_auth.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

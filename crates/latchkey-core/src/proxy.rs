@@ -21,12 +21,14 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::access::Access;
+use crate::access_rules::{AccessRules, RuleMatch, RuleOutcome, RuleRequest, RuleSubject};
 use crate::clock::Clock;
 use crate::error::{CoreError, Result};
+use crate::header_auth::{CredentialIdentity, CredentialKind};
 use crate::keys::DerivedKey;
 use crate::model::{Application, Change, User};
 use crate::policy::{PolicyUser, RequestFacts};
-use crate::sessions::ActiveSession;
+use crate::sessions::{ActiveSession, SessionUser};
 use crate::store::Store;
 use crate::user_cache::UserCache;
 
@@ -58,6 +60,56 @@ pub struct ProxyProvider {
     pub token_validity: i64,
     pub app: Application,
     pub outpost: String,
+    /// Ordered access rules (first match wins); empty keeps the default of one factor plus
+    /// the application's policies.
+    pub rules: AccessRules,
+    /// The flow that asks a logged-in user for a second factor when a rule demands one.
+    pub stepup_flow: String,
+    /// Whether `Authorization: Basic/Bearer` is checked when there is no session.
+    pub intercept_header_auth: bool,
+    /// OAuth2 providers (by name or client_id) whose access tokens are accepted as Bearer.
+    pub jwt_federation_providers: Vec<String>,
+}
+
+/// The flow a logged-in user is sent through when a rule wants a second factor.
+pub const DEFAULT_STEPUP_FLOW: &str = "default-authentication-stepup";
+
+/// Who a forward-auth request comes from: a browser session, or a credential sent in the
+/// `Authorization` header.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Session(Arc<ActiveSession>),
+    Credential(Arc<CredentialIdentity>),
+}
+
+impl Subject {
+    pub fn user(&self) -> &SessionUser {
+        match self {
+            Subject::Session(s) => &s.user,
+            Subject::Credential(c) => &c.user,
+        }
+    }
+
+    /// Stable for the session or credential: keys what is cached for it (JWTs).
+    pub fn cache_key(&self) -> &str {
+        match self {
+            Subject::Session(s) => &s.session.key_hash,
+            Subject::Credential(c) => &c.key,
+        }
+    }
+
+    /// Whether the login proved a second factor (RFC 8176 `amr` values of one).
+    pub fn has_second_factor(&self) -> bool {
+        match self {
+            Subject::Session(s) => has_second_factor(&s.session.amr),
+            Subject::Credential(_) => false,
+        }
+    }
+}
+
+/// Whether these authentication methods include a second factor.
+pub fn has_second_factor(amr: &[String]) -> bool {
+    amr.iter().any(|m| matches!(m.as_str(), "otp" | "mfa" | "hwk" | "swk" | "webauthn"))
 }
 
 impl ProxyProvider {
@@ -121,16 +173,18 @@ pub struct ForwardedRequest {
 
 /// What the outpost answers.
 pub enum Verdict {
-    /// An unauthenticated path: pass without identity.
+    /// An unauthenticated path or a bypass rule: pass without identity.
     Anonymous,
     /// No valid session: send the browser to log in.
     LoginNeeded,
-    /// Logged in, but the application's policies say no.
+    /// Logged in with one factor where a rule wants two: send the browser to give the second.
+    SecondFactorNeeded(Arc<ActiveSession>),
+    /// A deny rule, the application's policies, or a credential not valid for this application.
     Denied {
-        session: Arc<ActiveSession>,
+        subject: Option<Subject>,
         messages: Vec<String>,
     },
-    Allowed(Arc<ActiveSession>),
+    Allowed(Subject),
 }
 
 /// The login round trip's state, signed: where to return to, for which provider, until when.
@@ -308,19 +362,58 @@ impl Proxy {
         Ok(self.table().await?.by_id.get(&id).cloned())
     }
 
-    /// Decides a forwarded request made with `session` (already validated by the caller, so the
-    /// check costs one session lookup, not one per layer).
+    /// Decides a forwarded request made by `subject` (already validated by the caller, so the
+    /// check costs one session lookup, not one per layer). Access rules first, then the
+    /// application's policy bindings; everything from memory.
     pub async fn decide(
         &self,
         provider: &ProxyProvider,
         req: &ForwardedRequest,
-        session: Option<Arc<ActiveSession>>,
+        subject: Option<Subject>,
     ) -> Result<Verdict> {
         if provider.skips(req.url.path()) {
             return Ok(Verdict::Anonymous);
         }
-        let Some(session) = session else { return Ok(Verdict::LoginNeeded) };
-        let Some(user) = self.user(session.user.id).await? else { return Ok(Verdict::LoginNeeded) };
+        let mut two_factor = false;
+        if !provider.rules.is_empty() {
+            let host = req.url.host_str().unwrap_or("").to_ascii_lowercase();
+            let method = req.method.to_ascii_uppercase();
+            let facts = RuleRequest {
+                host: &host,
+                path: req.url.path(),
+                method: &method,
+                client_ip: req.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            };
+            let view = subject.as_ref().map(|s| RuleSubject { username: &s.user().username, groups: &s.user().groups });
+            match provider.rules.evaluate(&facts, view.as_ref()) {
+                RuleMatch::Matched { outcome: RuleOutcome::Bypass, .. } => return Ok(Verdict::Anonymous),
+                RuleMatch::Matched { rule, outcome: RuleOutcome::Deny } => {
+                    tracing::info!(provider = %provider.name, rule, host, "forward auth: denied by access rule");
+                    let messages = vec![format!("Access is refused by the rule '{rule}'.")];
+                    return Ok(Verdict::Denied { subject, messages });
+                }
+                RuleMatch::Matched { outcome: RuleOutcome::TwoFactor, .. } => two_factor = true,
+                RuleMatch::NeedsIdentity | RuleMatch::Matched { .. } | RuleMatch::None => {}
+            }
+        }
+        let Some(subject) = subject else { return Ok(Verdict::LoginNeeded) };
+        if let Subject::Credential(c) = &subject {
+            if let Some(refusal) = credential_refusal(provider, c) {
+                return Ok(Verdict::Denied { subject: Some(subject.clone()), messages: vec![refusal] });
+            }
+        }
+        if two_factor && !subject.has_second_factor() {
+            return Ok(match subject {
+                Subject::Session(s) => Verdict::SecondFactorNeeded(s),
+                other => Verdict::Denied {
+                    subject: Some(other),
+                    messages: vec![
+                        "This address needs a second factor, which an app password or token cannot give; sign in with a browser.".into(),
+                    ],
+                },
+            });
+        }
+        let Some(user) = self.user(subject.user().id).await? else { return Ok(Verdict::LoginNeeded) };
         let facts = RequestFacts {
             client_ip: req.client_ip.clone(),
             user_agent: req.user_agent.clone(),
@@ -331,10 +424,53 @@ impl Proxy {
         let policy_user = self.policy_user(&user).await?;
         let decision = self.access.application_as(&provider.app, &user, (*policy_user).clone(), facts).await?;
         Ok(if decision.passing {
-            Verdict::Allowed(session)
+            Verdict::Allowed(subject)
         } else {
-            Verdict::Denied { session, messages: decision.messages }
+            Verdict::Denied { subject: Some(subject), messages: decision.messages }
         })
+    }
+
+    /// Whether `req` passes without identity (an unauthenticated path or a bypass rule), so no
+    /// credential needs to be looked at.
+    pub fn bypassed(&self, provider: &ProxyProvider, req: &ForwardedRequest) -> bool {
+        if provider.skips(req.url.path()) {
+            return true;
+        }
+        if provider.rules.is_empty() {
+            return false;
+        }
+        let host = req.url.host_str().unwrap_or("").to_ascii_lowercase();
+        let method = req.method.to_ascii_uppercase();
+        let facts = RuleRequest {
+            host: &host,
+            path: req.url.path(),
+            method: &method,
+            client_ip: req.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        };
+        matches!(provider.rules.evaluate(&facts, None), RuleMatch::Matched { outcome: RuleOutcome::Bypass, .. })
+    }
+
+    /// Whether the session behind `subject` (if any) satisfies the rules for `url` without a
+    /// further factor: `false` only when a matching rule wants two factors the session lacks.
+    pub fn second_factor_satisfied(
+        &self,
+        provider: &ProxyProvider,
+        url: &Url,
+        method: &str,
+        session: &ActiveSession,
+        client_ip: Option<&str>,
+    ) -> bool {
+        if provider.rules.is_empty() || has_second_factor(&session.session.amr) {
+            return true;
+        }
+        let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+        let facts =
+            RuleRequest { host: &host, path: url.path(), method, client_ip: client_ip.and_then(|ip| ip.parse().ok()) };
+        let view = RuleSubject { username: &session.user.username, groups: &session.user.groups };
+        !matches!(
+            provider.rules.evaluate(&facts, Some(&view)),
+            RuleMatch::Matched { outcome: RuleOutcome::TwoFactor, .. }
+        )
     }
 
     async fn policy_user(&self, user: &User) -> Result<Arc<PolicyUser>> {
@@ -426,6 +562,21 @@ impl Proxy {
     }
 }
 
+/// Why a verified credential may not be used for this provider's application, if it may not.
+fn credential_refusal(provider: &ProxyProvider, c: &CredentialIdentity) -> Option<String> {
+    match &c.kind {
+        CredentialKind::AppPassword { name, applications: Some(apps), .. } if !apps.contains(&provider.app.id) => {
+            Some(format!("The app password '{name}' is not valid for {}.", provider.app.name))
+        }
+        CredentialKind::AccessToken { client_id, provider: issuer }
+            if !provider.jwt_federation_providers.iter().any(|p| p == client_id || p == issuer) =>
+        {
+            Some(format!("Access tokens of '{issuer}' are not accepted by {}.", provider.app.name))
+        }
+        _ => None,
+    }
+}
+
 /// A stored proxy provider config (as blueprints write it) in the shape the hot path uses.
 fn parse_provider(config: &Value, id: Uuid, name: &str, app: Application) -> Result<ProxyProvider> {
     let s = |k: &str| config.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
@@ -447,6 +598,14 @@ fn parse_provider(config: &Value, id: Uuid, name: &str, app: Application) -> Res
         skip_paths.push(Regex::new(line).map_err(|e| CoreError::invalid(format!("skip_path_regex '{line}': {e}")))?);
     }
     let token_validity = config.get("access_token_validity").and_then(Value::as_i64).filter(|v| *v > 0).unwrap_or(300);
+    let rules = AccessRules::from_config(config)?;
+    let stepup_flow = s("stepup_flow").unwrap_or(DEFAULT_STEPUP_FLOW).to_string();
+    let intercept_header_auth = config.get("intercept_header_auth").and_then(Value::as_bool).unwrap_or(true);
+    let jwt_federation_providers = config
+        .get("jwt_federation_providers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .unwrap_or_default();
     Ok(ProxyProvider {
         id,
         name: name.to_string(),
@@ -457,6 +616,10 @@ fn parse_provider(config: &Value, id: Uuid, name: &str, app: Application) -> Res
         token_validity,
         app,
         outpost: "embedded".into(),
+        rules,
+        stepup_flow,
+        intercept_header_auth,
+        jwt_federation_providers,
     })
 }
 

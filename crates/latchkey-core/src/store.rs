@@ -271,6 +271,19 @@ pub trait DeviceStore: Send + Sync {
     async fn record_totp_step(&self, id: Uuid, step: i64, used_at: DateTime<Utc>) -> StoreResult<bool>;
 }
 
+#[async_trait]
+pub trait AppPasswordStore: Send + Sync {
+    /// `Conflict` when the user already has an app password of that name.
+    async fn create_app_password(&self, password: &crate::app_passwords::AppPassword) -> StoreResult<()>;
+    /// The app password with that secret hash (expired ones too: the caller checks).
+    async fn find_app_password(&self, secret_hash: &str) -> StoreResult<Option<crate::app_passwords::AppPassword>>;
+    /// The user's app passwords, oldest first.
+    async fn list_app_passwords(&self, user_id: Uuid) -> StoreResult<Vec<crate::app_passwords::AppPassword>>;
+    /// Returns whether one was removed. Records `Change::User` (caches of verified ones drop it).
+    async fn delete_app_password(&self, id: Uuid) -> StoreResult<bool>;
+    async fn touch_app_password(&self, id: Uuid, used_at: DateTime<Utc>) -> StoreResult<()>;
+}
+
 /// The whole store, as services receive it (`Arc<dyn Store>`).
 #[async_trait]
 pub trait Store:
@@ -288,6 +301,7 @@ pub trait Store:
     + MailStore
     + InvitationStore
     + DeviceStore
+    + AppPasswordStore
     + Send
     + Sync
     + 'static

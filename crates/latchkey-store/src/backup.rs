@@ -265,6 +265,21 @@ pub(crate) const TABLES: &[Table] = &[
         deferred: &[],
     },
     Table {
+        name: "app_passwords",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("user_id", Text),
+            ("name", Text),
+            ("secret_hash", Text),
+            ("applications", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("last_used_at", Int),
+        ],
+        deferred: &[],
+    },
+    Table {
         name: "throttles",
         key: &["key"],
         columns: &[

@@ -15,6 +15,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 3, sql: include_str!("../migrations/sqlite/0003_outbox.sql") },
     Migration { version: 4, sql: include_str!("../migrations/sqlite/0004_invitations.sql") },
     Migration { version: 5, sql: include_str!("../migrations/sqlite/0005_authenticators.sql") },
+    Migration { version: 6, sql: include_str!("../migrations/sqlite/0006_app_passwords.sql") },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -23,6 +24,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 3, sql: include_str!("../migrations/postgres/0003_outbox.sql") },
     Migration { version: 4, sql: include_str!("../migrations/postgres/0004_invitations.sql") },
     Migration { version: 5, sql: include_str!("../migrations/postgres/0005_authenticators.sql") },
+    Migration { version: 6, sql: include_str!("../migrations/postgres/0006_app_passwords.sql") },
 ];
 
 /// Applied to every pooled SQLite connection. `busy_timeout` first, so the one-time switch to WAL

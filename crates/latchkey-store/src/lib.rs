@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod app_passwords;
 mod applications;
 mod backup;
 mod devices;

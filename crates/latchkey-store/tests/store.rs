@@ -191,6 +191,7 @@ suite!(
     throttles_put_get_list_delete,
     reputation_clamps_and_is_atomic,
     authenticator_devices_crud_and_replay,
+    app_passwords_crud_and_change,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1682,4 +1683,42 @@ async fn authenticator_devices_crud_and_replay(db: TestDb) {
     assert!(s.get_device(totp.id).await.unwrap().is_none());
     assert_eq!(s.list_devices(other.id).await.unwrap().len(), 1);
     db.store.close().await;
+}
+
+async fn app_passwords_crud_and_change(db: TestDb) {
+    use latchkey_core::app_passwords::AppPassword;
+    let s = &db.store;
+    let user = s.create_user(new_user("dav")).await.unwrap();
+    let app = Uuid::now_v7();
+    let p = |name: &str, hash: &str, apps: Option<Vec<Uuid>>| AppPassword {
+        id: Uuid::now_v7(),
+        user_id: user.id,
+        name: name.into(),
+        secret_hash: hash.into(),
+        applications: apps,
+        created_at: t(1),
+        expires_at: Some(t(100)),
+        last_used_at: None,
+    };
+    let phone = p("phone", "h-phone", Some(vec![app]));
+    s.create_app_password(&phone).await.unwrap();
+    s.create_app_password(&p("laptop", "h-laptop", None)).await.unwrap();
+    // One name per user; one hash overall.
+    assert!(matches!(s.create_app_password(&p("phone", "h-other", None)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(s.create_app_password(&p("other", "h-phone", None)).await, Err(StoreError::Conflict(_))));
+    assert_eq!(s.find_app_password("h-phone").await.unwrap().as_ref(), Some(&phone));
+    assert_eq!(s.find_app_password("nope").await.unwrap(), None);
+    let names: Vec<String> = s.list_app_passwords(user.id).await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["phone", "laptop"]);
+    s.touch_app_password(phone.id, t(5)).await.unwrap();
+    assert_eq!(s.find_app_password("h-phone").await.unwrap().unwrap().last_used_at, Some(t(5)));
+    // Revocation is announced to every process.
+    let mut feed = s.subscribe();
+    assert!(s.delete_app_password(phone.id).await.unwrap());
+    expect_change(&mut feed, &Change::User(user.id), Duration::from_millis(1500)).await;
+    assert!(!s.delete_app_password(phone.id).await.unwrap());
+    assert_eq!(s.find_app_password("h-phone").await.unwrap(), None);
+    // They go with their user.
+    s.delete_user(user.id).await.unwrap();
+    assert_eq!(s.find_app_password("h-laptop").await.unwrap(), None);
 }

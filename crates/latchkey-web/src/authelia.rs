@@ -29,7 +29,10 @@ use url::Url;
 
 use crate::error::{WebError, WebResult};
 use crate::flows::login_url;
-use crate::outpost::{caddy_target, denial, encode, forwarded, header_value, login_base, parse_url, required, verdict};
+use crate::outpost::{
+    caddy_target, denial, encode, envoy_target_under, forwarded, header_value, login_base, parse_url, required,
+    stepup_url, verdict,
+};
 use crate::request::Caller;
 use crate::state::AppState;
 
@@ -121,18 +124,7 @@ async fn ext_authz(
     headers: HeaderMap,
 ) -> Response {
     let run = async {
-        let rest = uri.path().strip_prefix(EXT_AUTHZ).unwrap_or("");
-        let rest = format!("/{}", rest.trim_start_matches('/'));
-        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        let proto = forwarded(&headers, "X-Forwarded-Proto")?.unwrap_or("http");
-        let host = match forwarded(&headers, "X-Forwarded-Host")? {
-            Some(h) => h,
-            None => required(&headers, "Host")?,
-        };
-        if !matches!(proto, "http" | "https") || host.contains(['/', '@', '\\']) {
-            return Err(WebError::bad_request("The Host or X-Forwarded-Proto header is malformed."));
-        }
-        let target = parse_url(&format!("{proto}://{host}{rest}{query}"), "Host")?;
+        let target = envoy_target_under(EXT_AUTHZ, &uri, &headers)?;
         answer(&state, &caller, &headers, target, method.as_str().to_string(), LoginAnswer::Redirect).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -157,7 +149,14 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// The login page's URL for `target`: `next` brings the browser back (directly when the
 /// session cookie reaches the target's host, else through the outpost's hand-off), `rd` and
 /// `rm` as Authelia's portal gets them.
-fn portal_url(state: &AppState, caller: &Caller, provider: &ProxyProvider, target: &Url, method: &str) -> String {
+fn portal_url(
+    state: &AppState,
+    caller: &Caller,
+    provider: &ProxyProvider,
+    target: &Url,
+    method: &str,
+    stepup: bool,
+) -> String {
     let base = login_base(state, provider, caller);
     let login = Url::parse(&base).ok();
     let login_host = login.as_ref().and_then(|u| u.host_str()).map(str::to_ascii_lowercase);
@@ -172,7 +171,9 @@ fn portal_url(state: &AppState, caller: &Caller, provider: &ProxyProvider, targe
         let sealed = state.core.proxy.seal_state(provider, target);
         format!("{base}/outpost.goauthentik.io/start?state={}", encode(&sealed))
     };
-    format!("{base}{}&rd={}&rm={}", login_url(&next), encode(target.as_str()), encode(method))
+    // A logged-in user who lacks the second factor a rule wants gives it in the step-up flow.
+    let page = if stepup { stepup_url(provider, &next) } else { login_url(&next) };
+    format!("{base}{page}&rd={}&rm={}", encode(target.as_str()), encode(method))
 }
 
 async fn answer(
@@ -183,7 +184,11 @@ async fn answer(
     method: String,
     mode: LoginAnswer,
 ) -> WebResult<Response> {
-    let (provider, verdict) = verdict(state, caller, &target, method.clone()).await?;
+    let nginx = mode == LoginAnswer::Unauthorized;
+    let (provider, verdict) = match verdict(state, caller, headers, &target, method.clone(), nginx).await {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
+    };
     let mut out = match verdict {
         Verdict::Anonymous => {
             let mut out = StatusCode::OK.into_response();
@@ -192,8 +197,8 @@ async fn answer(
             }
             out
         }
-        Verdict::Allowed(session) => {
-            let user = &session.user;
+        Verdict::Allowed(subject) => {
+            let user = subject.user();
             let values = [
                 user.username.clone(),
                 user.groups.join(","),
@@ -206,9 +211,10 @@ async fn answer(
             }
             out
         }
-        Verdict::Denied { session, messages } => return Err(denial(&provider, &session, &messages)),
-        Verdict::LoginNeeded => {
-            let portal = portal_url(state, caller, &provider, &target, &method);
+        Verdict::Denied { subject, messages } => return Err(denial(&provider, subject.as_ref(), &messages)),
+        Verdict::LoginNeeded | Verdict::SecondFactorNeeded(_) => {
+            let stepup = matches!(verdict, Verdict::SecondFactorNeeded(_));
+            let portal = portal_url(state, caller, &provider, &target, &method, stepup);
             let location = HeaderValue::from_str(&portal)
                 .map_err(|_| WebError::bad_request("The original URL cannot be used in a redirect."))?;
             let status = if mode == LoginAnswer::Unauthorized || !wants_html(headers) {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod authelia;
 pub mod error;
 pub mod flows;
+pub mod header_auth;
 pub mod health;
 pub mod meta;
 pub mod metrics;

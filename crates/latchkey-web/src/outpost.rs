@@ -15,13 +15,12 @@
 //! revocation or password change ends both at once.
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
-use latchkey_core::proxy::{ForwardedRequest, ProxyMode, ProxyProvider, Verdict};
-use latchkey_core::sessions::ActiveSession;
+use latchkey_core::proxy::{ForwardedRequest, ProxyMode, ProxyProvider, Subject, Verdict};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -56,6 +55,9 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{PREFIX}/auth/caddy"), any(auth_caddy))
         .route(&format!("{PREFIX}/auth/traefik"), any(auth_caddy))
         .route(&format!("{PREFIX}/auth/nginx"), any(auth_nginx))
+        .route(&format!("{PREFIX}/auth/envoy"), any(auth_envoy))
+        .route(&format!("{PREFIX}/auth/envoy/"), any(auth_envoy))
+        .route(&format!("{PREFIX}/auth/envoy/{{*rest}}"), any(auth_envoy))
         .route(&format!("{PREFIX}/start"), get(start))
         .route(&format!("{PREFIX}/callback"), get(callback))
         .route(&format!("{PREFIX}/sign_out"), get(sign_out))
@@ -169,7 +171,7 @@ async fn auth_caddy(State(state): State<AppState>, caller: Caller, headers: Head
         Err(e) => return e.into_response(),
     };
     let method = forwarded(&headers, "X-Forwarded-Method").ok().flatten().unwrap_or("GET").to_string();
-    check(&state, &caller, target, method, false).await.unwrap_or_else(IntoResponse::into_response)
+    check(&state, &caller, &headers, target, method, false).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn auth_nginx(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Response {
@@ -178,32 +180,80 @@ async fn auth_nginx(State(state): State<AppState>, caller: Caller, headers: Head
         Err(e) => return e.into_response(),
     };
     let method = forwarded(&headers, "X-Original-Method").ok().flatten().unwrap_or("GET").to_string();
-    check(&state, &caller, target, method, true).await.unwrap_or_else(IntoResponse::into_response)
+    check(&state, &caller, &headers, target, method, true).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The provider protecting `target` and its decision for this caller, from either of the
-/// session cookies (the proxy's own, or Latchkey's when it reaches the host). Shared by the
-/// authentik-compatible and the Authelia-compatible endpoints.
+/// Envoy's `ext_authz` HTTP service with `path_prefix: /outpost.goauthentik.io/auth/envoy`: the
+/// original request's method, path (appended to the prefix) and `Host` arrive as they are.
+async fn auth_envoy(
+    State(state): State<AppState>,
+    caller: Caller,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let target = match envoy_target(&uri, &headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    check(&state, &caller, &headers, target, method.as_str().to_string(), false)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The original URL of an `ext_authz` check: the path after `prefix`, the host from
+/// `X-Forwarded-Host` or `Host`, the scheme from `X-Forwarded-Proto` (default http).
+pub(crate) fn envoy_target_under(prefix: &str, uri: &Uri, headers: &HeaderMap) -> WebResult<Url> {
+    let rest = uri.path().strip_prefix(prefix).unwrap_or("");
+    let rest = format!("/{}", rest.trim_start_matches('/'));
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let proto = forwarded(headers, "X-Forwarded-Proto")?.unwrap_or("http");
+    let host = match forwarded(headers, "X-Forwarded-Host")? {
+        Some(h) => h,
+        None => required(headers, "Host")?,
+    };
+    if !matches!(proto, "http" | "https") || host.contains(['/', '@', '\\']) {
+        return Err(WebError::bad_request("The Host or X-Forwarded-Proto header is malformed."));
+    }
+    parse_url(&format!("{proto}://{host}{rest}{query}"), "Host")
+}
+
+fn envoy_target(uri: &Uri, headers: &HeaderMap) -> WebResult<Url> {
+    envoy_target_under(&format!("{PREFIX}/auth/envoy"), uri, headers)
+}
+
+/// The provider protecting `target` and its decision for this caller: from either of the
+/// session cookies (the proxy's own, or Latchkey's when it reaches the host), else from an
+/// app password or access token in the `Authorization` header. Shared by the
+/// authentik-compatible and the Authelia-compatible endpoints. `Err` carries a finished answer
+/// (a refused credential: 401 or 429).
 pub(crate) async fn verdict(
     state: &AppState,
     caller: &Caller,
+    headers: &HeaderMap,
     target: &Url,
     method: String,
-) -> WebResult<(Arc<ProxyProvider>, Verdict)> {
-    let Some(provider) = state.core.proxy.resolve(target).await? else {
+    nginx: bool,
+) -> Result<(Arc<ProxyProvider>, Verdict), Response> {
+    let Some(provider) = state.core.proxy.resolve(target).await.map_err(|e| WebError::from(e).into_response())? else {
         tracing::warn!(host = target.host_str().unwrap_or(""), "forward auth: no proxy provider for this host");
         return Err(WebError::not_found(format!(
             "No proxy provider protects {}; check the provider's external_host and cookie_domain.",
             target.host_str().unwrap_or("this host")
-        )));
+        ))
+        .into_response());
     };
     // The proxy's own cookie first, then Latchkey's (which the `Caller` extractor already
     // validated). Both usually carry the same sealed value: validate only what differs.
     let proxy_cookie = caller.jar.get(&provider.cookie_name()).map(|c| c.value().to_string());
     let session = match proxy_cookie {
-        Some(v) if Some(&v) != caller.session_cookie().as_ref() => {
-            state.core.sessions.validate(&v).await?.or_else(|| caller.session.clone())
-        }
+        Some(v) if Some(&v) != caller.session_cookie().as_ref() => state
+            .core
+            .sessions
+            .validate(&v)
+            .await
+            .map_err(|e| WebError::from(e).into_response())?
+            .or_else(|| caller.session.clone()),
         _ => caller.session.clone(),
     };
     let req = ForwardedRequest {
@@ -212,13 +262,23 @@ pub(crate) async fn verdict(
         client_ip: caller.ip.map(|ip| ip.to_string()),
         user_agent: caller.user_agent.clone(),
     };
-    let verdict = state.core.proxy.decide(&provider, &req, session).await?;
+    let subject = match session {
+        Some(s) => Some(Subject::Session(s)),
+        // Unauthenticated paths and bypass rules answer before any credential is looked at.
+        None if provider.intercept_header_auth && !state.core.proxy.bypassed(&provider, &req) => {
+            crate::header_auth::credential(state, caller, headers, &provider, nginx).await?.map(Subject::Credential)
+        }
+        None => None,
+    };
+    let verdict =
+        state.core.proxy.decide(&provider, &req, subject).await.map_err(|e| WebError::from(e).into_response())?;
     Ok((provider, verdict))
 }
 
-/// The text of a 403 for a user the application's policies refuse.
-pub(crate) fn denial(provider: &ProxyProvider, session: &ActiveSession, messages: &[String]) -> WebError {
-    tracing::info!(user = %session.user.username, app = %provider.app.slug, "forward auth: denied by policy");
+/// The text of a 403 for a request a rule or the application's policies refuse.
+pub(crate) fn denial(provider: &ProxyProvider, subject: Option<&Subject>, messages: &[String]) -> WebError {
+    let user = subject.map(|s| s.user().username.as_str()).unwrap_or("-");
+    tracing::info!(user, app = %provider.app.slug, "forward auth: denied");
     let mut text = format!("You do not have access to {}.", provider.app.name);
     for m in messages.iter().filter(|m| !m.is_empty()) {
         text.push(' ');
@@ -227,8 +287,18 @@ pub(crate) fn denial(provider: &ProxyProvider, session: &ActiveSession, messages
     WebError::forbidden(text)
 }
 
-async fn check(state: &AppState, caller: &Caller, target: Url, method: String, nginx: bool) -> WebResult<Response> {
-    let (provider, verdict) = verdict(state, caller, &target, method).await?;
+async fn check(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    target: Url,
+    method: String,
+    nginx: bool,
+) -> WebResult<Response> {
+    let (provider, verdict) = match verdict(state, caller, headers, &target, method, nginx).await {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
+    };
     match verdict {
         Verdict::Anonymous => {
             // Empty identity headers: a proxy copying them overwrites anything the client forged.
@@ -238,16 +308,17 @@ async fn check(state: &AppState, caller: &Caller, target: Url, method: String, n
             }
             Ok(out)
         }
-        Verdict::LoginNeeded if nginx => {
+        Verdict::LoginNeeded | Verdict::SecondFactorNeeded(_) if nginx => {
             Ok((StatusCode::UNAUTHORIZED, [(header::CACHE_CONTROL, "no-store")], "Login required.").into_response())
         }
-        Verdict::LoginNeeded => {
+        // `start` sends the browser through the login, or through the second factor.
+        Verdict::LoginNeeded | Verdict::SecondFactorNeeded(_) => {
             let sealed = state.core.proxy.seal_state(&provider, &target);
             let base = login_base(state, &provider, caller);
             Ok(found(&format!("{base}{PREFIX}/start?state={}", encode(&sealed))))
         }
-        Verdict::Denied { session, messages } => Err(denial(&provider, &session, &messages)),
-        Verdict::Allowed(session) => identity(state, caller, &provider, &session).await,
+        Verdict::Denied { subject, messages } => Err(denial(&provider, subject.as_ref(), &messages)),
+        Verdict::Allowed(subject) => identity(state, caller, &provider, &subject).await,
     }
 }
 
@@ -256,16 +327,16 @@ async fn identity(
     state: &AppState,
     caller: &Caller,
     provider: &ProxyProvider,
-    session: &ActiveSession,
+    subject: &Subject,
 ) -> WebResult<Response> {
-    let user = &session.user;
+    let user = subject.user();
     let base = login_base(state, provider, caller);
     let proxy = &state.core.proxy;
     // Everything the JWT says, so a cached one is reused only for an unchanged identity.
     let fingerprint =
         serde_json::to_string(&(&base, &user.username, &user.email, &user.name, &user.groups, provider.token_validity))
             .unwrap_or_default();
-    let jwt = match proxy.cached_jwt(&session.session.key_hash, provider.id, &fingerprint) {
+    let jwt = match proxy.cached_jwt(subject.cache_key(), provider.id, &fingerprint) {
         Some(jwt) => jwt,
         None => {
             let now = proxy.now().timestamp();
@@ -282,7 +353,7 @@ async fn identity(
                 "groups": user.groups,
             });
             let jwt = state.core.signing.sign(&claims).await?;
-            proxy.cache_jwt(&session.session.key_hash, provider.id, fingerprint, jwt.clone(), now, exp);
+            proxy.cache_jwt(subject.cache_key(), provider.id, fingerprint, jwt.clone(), now, exp);
             jwt
         }
     };
@@ -318,6 +389,14 @@ fn name(h: &str) -> HeaderName {
 pub struct StartQuery {
     rd: Option<String>,
     state: Option<String>,
+    /// Set on the return from the second-factor flow.
+    stepup: Option<String>,
+}
+
+/// The provider's second-factor flow, returning to `next` (a path on Latchkey's host or an
+/// absolute URL the flow accepts).
+pub(crate) fn stepup_url(provider: &ProxyProvider, next: &str) -> String {
+    format!("/if/flow/{}/?next={}", provider.stepup_flow, encode(next))
 }
 
 /// The request's own URL as the proxy saw it (for `start` and `sign_out` served on the app host).
@@ -346,9 +425,21 @@ async fn start(
         let st = proxy.open_state(sealed).ok_or_else(bad)?;
         let provider = proxy.provider(st.provider).await?.ok_or_else(bad)?;
         let rd = provider.safe_target(&st.rd).ok_or_else(bad)?;
-        let (Some(_), Some(cookie)) = (&caller.session, caller.session_cookie()) else {
+        let (Some(session), Some(cookie)) = (&caller.session, caller.session_cookie()) else {
             return Ok(found(&login_url(&format!("{PREFIX}/start?state={}", encode(sealed)))));
         };
+        let ip = caller.ip.map(|ip| ip.to_string());
+        if !proxy.second_factor_satisfied(&provider, &rd, "GET", session, ip.as_deref()) {
+            if q.stepup.is_some() {
+                // Back from the second-factor flow without one: say so rather than loop.
+                return Err(WebError::forbidden(format!(
+                    "{} needs a second factor, and this sign-in did not provide one. Set up an authenticator in your settings and try again.",
+                    provider.app.name
+                )));
+            }
+            let back = format!("{PREFIX}/start?state={}&stepup=1", encode(sealed));
+            return Ok(found(&stepup_url(&provider, &back)));
+        }
         let code = proxy.seal_handoff(&provider, &cookie)?;
         let origin = rd.origin().ascii_serialization();
         return Ok(found(&format!("{origin}{PREFIX}/callback?state={}&code={}", encode(sealed), encode(&code))));

@@ -42,6 +42,10 @@ pub enum Command {
     /// List and end login sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// App passwords: per-user secrets for clients that send `Authorization: Basic` through
+    /// forward auth.
+    #[command(subcommand)]
+    AppPassword(AppPasswordCommand),
     /// Apply declarative YAML files (blueprints).
     #[command(subcommand)]
     Blueprint(BlueprintCommand),
@@ -156,6 +160,26 @@ pub enum GroupCommand {
 pub enum TokenCommand {
     /// Create an API token; prints only the token.
     Create(TokenCreate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppPasswordCommand {
+    /// Create one; prints only the secret (shown once).
+    Create {
+        username: String,
+        #[arg(long)]
+        name: String,
+        /// Limit it to this application (slug); repeatable. Default: every application.
+        #[arg(long = "application", value_name = "SLUG")]
+        applications: Vec<String>,
+        /// Validity, e.g. 90d; default: never expires.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List a user's app passwords (never their secrets).
+    List { username: String },
+    /// Revoke one by name; clients using it are refused at once.
+    Revoke { username: String, name: String },
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! The `latchkey` binary: configuration, command line and wiring of the crates.
 
 mod app;
+mod app_password_commands;
 mod backchannel;
 mod cli;
 mod commands;
@@ -114,6 +115,7 @@ async fn run(command: Command, config: config::Config, config_file: Option<std::
                 Command::Group(c) => commands::group(&app, c).await,
                 Command::Token(c) => commands::token(&app, c).await,
                 Command::Session(c) => commands::session(&app, c).await,
+                Command::AppPassword(c) => app_password_commands::run(&app, c).await,
                 Command::Blueprint(c) => commands::blueprint(&app, c).await,
                 Command::Backup { file } => commands::backup(&app, &file).await,
                 Command::Throttle(c) => commands::throttle(&app, c).await,

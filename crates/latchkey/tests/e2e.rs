@@ -804,6 +804,8 @@ mod policies;
 
 #[path = "suite/forward_auth.rs"]
 mod forward_auth;
+#[path = "suite/forward_auth_rules.rs"]
+mod forward_auth_rules;
 #[path = "suite/ldap.rs"]
 mod ldap;
 #[path = "suite/ldap_access.rs"]

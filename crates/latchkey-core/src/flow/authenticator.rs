@@ -111,6 +111,10 @@ impl StageHandler for AuthenticatorTotp {
         };
         if cx.services.mfa.confirm_totp(device_id, &user, code, name).await? {
             cx.state.data.remove(PENDING_TOTP);
+            // A valid code from the new device proves possession of it, as a validation would.
+            if !cx.state.amr.iter().any(|m| m == "otp") {
+                cx.state.amr.push("otp".into());
+            }
             return Ok(Step::Next);
         }
         Ok(Step::Show(challenge.error("code", INVALID_CODE)))

@@ -53,6 +53,23 @@ fn default_flows() -> Vec<DefaultFlow> {
                 ("default-authentication-login", "user_login", json!({})),
             ],
         },
+        // Forward auth sends a user logged in with one factor here when an access rule wants
+        // two: a code from their authenticator, or enrolling one if they have none.
+        DefaultFlow {
+            slug: crate::proxy::DEFAULT_STEPUP_FLOW,
+            name: "Second factor for protected applications",
+            title: "Confirm it is you",
+            designation: FlowDesignation::StageConfiguration,
+            settings: json!({ "authentication": "require_authenticated" }),
+            stages: vec![
+                (
+                    "default-authentication-stepup-validation",
+                    "authenticator_validate",
+                    json!({ "device_classes": ["totp", "static"], "not_configured_action": "configure", "configure_stages": ["totp"] }),
+                ),
+                ("default-authentication-stepup-login", "user_login", json!({})),
+            ],
+        },
         DefaultFlow {
             slug: "default-provider-authorization-explicit-consent",
             name: "Authorize application (explicit consent)",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Challenge, StageCx, StageHandler, Step};
 use crate::directory::{validate_email, validate_username, UserInput, ADMINS_GROUP};
 use crate::error::{CoreError, Result};
-use crate::model::{TokenKind, User};
+use crate::model::{FlowDesignation, TokenKind, User};
 use crate::throttle::retry_after_secs;
 
 pub fn builtin() -> Vec<Arc<dyn StageHandler>> {
@@ -356,6 +356,19 @@ impl StageHandler for UserLogin {
             cx.services.sessions.revoke_cookie(old).await?;
         }
         let mut amr = cx.state.amr.clone();
+        // A logged-in user proving one more factor (step-up) keeps the factors of the session.
+        if cx.state.designation != FlowDesignation::Authentication {
+            if let Some(current) = cx.request.session.as_ref().filter(|s| s.user.id == user.id) {
+                for m in &current.session.amr {
+                    if !amr.contains(m) {
+                        amr.insert(0, m.clone());
+                    }
+                }
+            }
+            if amr.iter().any(|m| m == "pwd") && amr.iter().any(|m| m == "otp") && !amr.iter().any(|m| m == "mfa") {
+                amr.push("mfa".into());
+            }
+        }
         amr.dedup();
         let (cookie, session) = cx.services.sessions.create(&user, amr.clone(), &cx.request.client).await?;
         cx.effects.set_session = Some(cookie);

@@ -20,7 +20,7 @@ on_both_backends!(
 );
 
 /// A backend that answers every request with its headers as JSON (names lower-cased).
-async fn echo_backend() -> u16 {
+pub(crate) async fn echo_backend() -> u16 {
     use axum::http::HeaderMap;
     let port = free_port();
     let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
@@ -38,7 +38,7 @@ async fn echo_backend() -> u16 {
 }
 
 /// A proxy process, killed on drop.
-struct Proxy(Child);
+pub(crate) struct Proxy(pub(crate) Child);
 
 impl Drop for Proxy {
     fn drop(&mut self) {
@@ -47,7 +47,7 @@ impl Drop for Proxy {
     }
 }
 
-fn tool(name: &str) -> Option<String> {
+pub(crate) fn tool(name: &str) -> Option<String> {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
         let p = format!("{dir}/{name}");
         if std::path::Path::new(&p).exists() {
@@ -58,7 +58,7 @@ fn tool(name: &str) -> Option<String> {
 }
 
 /// `None` (the test skips) when the tool is missing outside CI; scripts/test installs it.
-fn require(name: &str) -> Option<String> {
+pub(crate) fn require(name: &str) -> Option<String> {
     let found = tool(name);
     if found.is_none() {
         assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{name} is not installed under CI");
@@ -67,7 +67,7 @@ fn require(name: &str) -> Option<String> {
     found
 }
 
-async fn wait_port(port: u16) {
+pub(crate) async fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         assert!(Instant::now() < deadline, "port {port} never opened");
@@ -77,7 +77,7 @@ async fn wait_port(port: u16) {
 
 /// The server with `external_url` set. With Caddy it is `127.0.0.1`, so the login host differs
 /// from the app hosts (`localhost`) and the session really has to be handed over.
-async fn start_server(env: &Env, external_url: &str) -> Server {
+pub(crate) async fn start_server(env: &Env, external_url: &str) -> Server {
     let mut child = env
         .command(&["serve"])
         .env("LATCHKEY_EXTERNAL_URL", external_url)
@@ -134,7 +134,7 @@ fn blueprint(env: &Env, hosts: &[(&str, u16)]) {
     env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
 }
 
-fn absolute(base_of: &str, location: &str) -> String {
+pub(crate) fn absolute(base_of: &str, location: &str) -> String {
     url::Url::parse(base_of).unwrap().join(location).unwrap().to_string()
 }
 
@@ -574,7 +574,7 @@ async fn forward_auth_through_traefik(env: Env) {
 
 /// Hosts under `lk.test`, all on loopback: the login host and the apps share a cookie domain,
 /// as in Authelia's usual layout (`auth.example.com`, `app.example.com`).
-const DOMAIN: &str = "lk.test";
+pub(crate) const DOMAIN: &str = "lk.test";
 
 fn domain_client() -> reqwest::Client {
     let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
