@@ -16,111 +16,11 @@ use crate::version::check_version;
 use crate::Core;
 use std::collections::{BTreeMap, HashMap};
 
-/// The settings key holding [`InterfaceSettings`].
-pub const SETTINGS_KEY: &str = "interface";
-pub const AVATAR_MODES: &[&str] = &["none", "initials", "gravatar"];
 /// The launch URL that hides an application from the portal (authentik's convention).
 pub const HIDDEN_LAUNCH_URL: &str = "blank://blank";
 
-/// Settings an administrator changes in System → Settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct InterfaceSettings {
-    /// `none`, `initials` or `gravatar`; empty: the `avatars` configuration key decides.
-    pub avatars: String,
-    pub title: String,
-    /// Absolute http(s) URL or a path on this site.
-    pub logo: String,
-    pub favicon: String,
-    pub authentication_flow: String,
-    pub invalidation_flow: String,
-    pub user_settings_flow: String,
-}
-
-impl Default for InterfaceSettings {
-    fn default() -> Self {
-        InterfaceSettings {
-            avatars: String::new(),
-            title: "Latchkey".into(),
-            logo: String::new(),
-            favicon: String::new(),
-            authentication_flow: crate::flow::LOGIN_FLOW.into(),
-            invalidation_flow: "default-invalidation-flow".into(),
-            user_settings_flow: "default-user-settings-flow".into(),
-        }
-    }
-}
-
-impl InterfaceSettings {
-    /// The avatar mode in force: the stored choice, else the configured default.
-    pub fn avatar_mode<'a>(&'a self, configured: &'a str) -> &'a str {
-        if self.avatars.is_empty() {
-            configured
-        } else {
-            &self.avatars
-        }
-    }
-}
-
 fn store_err(e: crate::StoreError) -> CoreError {
     CoreError::from_store(e)
-}
-
-pub async fn load_settings(core: &Core) -> Result<InterfaceSettings> {
-    let stored = core.store.get_setting(SETTINGS_KEY).await.map_err(store_err)?;
-    Ok(stored.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default())
-}
-
-fn is_asset_url(v: &str) -> bool {
-    v.is_empty()
-        || (v.starts_with('/') && !v.starts_with("//"))
-        || url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-}
-
-/// Validates and saves; `expected_version` guards against overwriting someone else's change.
-pub async fn save_settings(
-    core: &Core,
-    mut next: InterfaceSettings,
-    expected_version: Option<&str>,
-    client: &ClientInfo,
-) -> Result<InterfaceSettings> {
-    let current = load_settings(core).await?;
-    check_version(&current, expected_version)?;
-    next.title = next.title.trim().to_string();
-    let mut fields = FieldErrors::new();
-    let mut err = |f: &str, m: String| fields.entry(f.to_string()).or_default().push(m);
-    if !next.avatars.is_empty() && !AVATAR_MODES.contains(&next.avatars.as_str()) {
-        err("avatars", format!("Choose one of: {}.", AVATAR_MODES.join(", ")));
-    }
-    if next.title.is_empty() || next.title.chars().count() > 100 {
-        err("title", "A title has 1 to 100 characters.".into());
-    }
-    for (field, value) in [("logo", &next.logo), ("favicon", &next.favicon)] {
-        if !is_asset_url(value.trim()) {
-            err(field, format!("'{value}' is neither an http(s) URL nor a path starting with /."));
-        }
-    }
-    let flows = [
-        ("authentication_flow", &next.authentication_flow),
-        ("invalidation_flow", &next.invalidation_flow),
-        ("user_settings_flow", &next.user_settings_flow),
-    ];
-    for (field, slug) in flows {
-        if core.store.get_flow_by_slug(slug).await.map_err(store_err)?.is_none() {
-            err(field, format!("There is no flow '{slug}'."));
-        }
-    }
-    if !fields.is_empty() {
-        return Err(CoreError::Invalid { message: "Some settings are not valid.".into(), fields });
-    }
-    next.logo = next.logo.trim().to_string();
-    next.favicon = next.favicon.trim().to_string();
-    let value = serde_json::to_value(&next).map_err(|e| CoreError::Internal(e.to_string()))?;
-    core.store.set_setting(SETTINGS_KEY, &value).await.map_err(store_err)?;
-    core.events
-        .record_raw("settings_changed", None, None, client, json!({ "key": SETTINGS_KEY, "value": value }))
-        .await;
-    Ok(next)
 }
 
 /// What to show for a person's picture.

@@ -56,6 +56,13 @@ impl Default for SystemSettings {
     }
 }
 
+impl SystemSettings {
+    /// The avatar mode in force: the stored choice, else the configured default.
+    pub fn avatar_mode<'a>(&'a self, configured: &'a str) -> &'a str {
+        self.avatars.as_deref().unwrap_or(configured)
+    }
+}
+
 const FLOW_FIELDS: &[&str] = &[
     "default_authentication_flow",
     "default_invalidation_flow",

@@ -102,7 +102,7 @@ pub async fn settings(State(state): State<AppState>, caller: Caller, OriginalUri
                 groups => ui.me.user.groups,
                 password_changed => user.password_changed_at.as_ref().map(fmt_time),
             },
-            profile_flow => ui.settings.user_settings_flow,
+            profile_flow => ui.settings.default_user_settings_flow,
             devices, sessions, consents,
         },
     )
@@ -140,7 +140,7 @@ async fn revoke_all(State(state): State<AppState>, caller: Caller, body: Bytes) 
     ui.form(&body)?;
     let user = me(&ui).await?;
     console::revoke_all_sessions(ui.core(), &user, &ui.client()).await?;
-    Ok(axum::response::Redirect::to(&format!("/if/flow/{}/", ui.settings.authentication_flow)).into_response())
+    Ok(axum::response::Redirect::to(&format!("/if/flow/{}/", ui.settings.default_authentication_flow)).into_response())
 }
 
 async fn revoke_consent(

@@ -5,10 +5,11 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum_extra::extract::CookieJar;
-use latchkey_core::console::{self, InterfaceSettings};
+use latchkey_core::console;
 use latchkey_core::error::FieldErrors;
 use latchkey_core::model::ListQuery;
 use latchkey_core::sessions::ActiveSession;
+use latchkey_core::system_settings::{self, SystemSettings};
 use latchkey_core::CoreError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,22 +74,22 @@ pub struct Ui {
     pub state: AppState,
     pub caller: Caller,
     pub me: Arc<ActiveSession>,
-    pub settings: InterfaceSettings,
+    pub settings: SystemSettings,
     flow_cookie: String,
     jar: CookieJar,
     /// The `?notice=` a successful POST redirected with.
     notice: Option<String>,
 }
 
-pub fn login_redirect(settings: &InterfaceSettings, here: &str) -> Response {
+pub fn login_redirect(settings: &SystemSettings, here: &str) -> Response {
     let next: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
-    found(&format!("/if/flow/{}/?next={next}", settings.authentication_flow))
+    found(&format!("/if/flow/{}/?next={next}", settings.default_authentication_flow))
 }
 
 impl Ui {
     /// Any logged-in user; without a session, a redirect to the login flow that comes back here.
     pub async fn user(state: &AppState, caller: Caller, here: &str) -> Result<Ui, UiError> {
-        let settings = console::load_settings(&state.core).await?;
+        let settings = system_settings::get(&state.core).await?;
         let Some(me) = caller.session.clone() else {
             return Err(UiError(Box::new(login_redirect(&settings, here))));
         };
@@ -153,9 +154,10 @@ impl Ui {
             csrf_token => self.state.core.keys.csrf.sign(self.flow_cookie.as_bytes()),
             section => section,
             branding => minijinja::context! {
-                title => self.settings.title, logo => self.settings.logo, favicon => self.settings.favicon,
+                title => self.settings.branding_title, logo => self.settings.branding_logo,
+                favicon => self.settings.branding_favicon,
             },
-            logout_url => format!("/if/flow/{}/", self.settings.invalidation_flow),
+            logout_url => format!("/if/flow/{}/", self.settings.default_invalidation_flow),
             me => minijinja::context! {
                 username => user.username, name => user.name, email => user.email,
                 is_superuser => user.is_superuser,

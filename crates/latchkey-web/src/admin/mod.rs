@@ -8,8 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{OriginalUri, RawQuery, State};
 use axum::routing::{get, post};
 use axum::Router;
-use latchkey_core::console::{self, InterfaceSettings};
+use latchkey_core::console;
 use latchkey_core::model::EventFilter;
+use latchkey_core::system_settings::{self, SystemSettings};
 use latchkey_core::version::version_of;
 use latchkey_core::CoreError;
 use minijinja::context;
@@ -168,7 +169,19 @@ async fn policies(State(state): State<AppState>, caller: Caller, OriginalUri(uri
     ui.page("admin/policies.html", "policies", context! { policies => rows, bindings })
 }
 
-async fn settings_ctx(ui: &Ui, current: &InterfaceSettings) -> Result<minijinja::Value, UiError> {
+/// Text settings edited as they are typed.
+const SETTINGS_TEXT_FIELDS: &[&str] = &[
+    "branding_title",
+    "branding_logo",
+    "branding_favicon",
+    "default_authentication_flow",
+    "default_invalidation_flow",
+    "default_recovery_flow",
+    "default_enrollment_flow",
+    "default_user_settings_flow",
+];
+
+async fn settings_ctx(ui: &Ui, current: &SystemSettings) -> Result<minijinja::Value, UiError> {
     let mut flows: Vec<String> = store(ui.core().store.list_flows().await)?.into_iter().map(|f| f.slug).collect();
     flows.sort();
     Ok(context! {
@@ -186,16 +199,22 @@ async fn settings(State(state): State<AppState>, caller: Caller, OriginalUri(uri
 async fn save_settings(State(state): State<AppState>, caller: Caller, body: Bytes) -> UiResult {
     let ui = Ui::admin(&state, caller, "/if/admin/settings/").await?;
     let form = ui.form(&body)?;
-    let next = InterfaceSettings {
-        avatars: form.get("avatars").trim().to_string(),
-        title: form.get("title").to_string(),
-        logo: form.get("logo").to_string(),
-        favicon: form.get("favicon").to_string(),
-        authentication_flow: form.get("authentication_flow").trim().to_string(),
-        invalidation_flow: form.get("invalidation_flow").trim().to_string(),
-        user_settings_flow: form.get("user_settings_flow").trim().to_string(),
-    };
-    match console::save_settings(ui.core(), next, form.opt("version").as_deref(), &ui.client()).await {
+    // The form's fields are the settings' own names; the core validates and merges them.
+    let mut patch = serde_json::Map::new();
+    for field in SETTINGS_TEXT_FIELDS {
+        patch.insert((*field).into(), form.get(field).trim().into());
+    }
+    for field in ["default_user_change_name", "default_user_change_email"] {
+        patch.insert(field.into(), form.opt(field).is_some().into());
+    }
+    let avatars = form.get("avatars").trim();
+    patch.insert("avatars".into(), if avatars.is_empty() { serde_json::Value::Null } else { avatars.into() });
+    let retention = form.get("event_retention_days").trim();
+    patch.insert(
+        "event_retention_days".into(),
+        retention.parse::<u32>().map(Into::into).unwrap_or_else(|_| retention.into()),
+    );
+    match system_settings::update(ui.core(), patch.into(), form.opt("version").as_deref(), &ui.client()).await {
         Ok(_) => done("/if/admin/settings/", "Settings saved."),
         Err(e) => {
             let current = ui.settings.clone();

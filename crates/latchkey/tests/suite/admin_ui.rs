@@ -324,20 +324,25 @@ async fn admin_forms_refuse_bad_input(env: Env) {
     let v = hidden(&html, "version");
     let base_fields = |title: &'static str, flow: &'static str| {
         vec![
-            ("title", title),
+            ("branding_title", title),
             ("avatars", ""),
-            ("logo", ""),
-            ("favicon", ""),
-            ("authentication_flow", flow),
-            ("invalidation_flow", "default-invalidation-flow"),
-            ("user_settings_flow", "default-user-settings-flow"),
+            ("branding_logo", ""),
+            ("branding_favicon", ""),
+            ("default_authentication_flow", flow),
+            ("default_invalidation_flow", "default-invalidation-flow"),
+            ("default_recovery_flow", "default-recovery-flow"),
+            ("default_enrollment_flow", "default-enrollment-flow"),
+            ("default_user_settings_flow", "default-user-settings-flow"),
+            ("default_user_change_name", "on"),
+            ("default_user_change_email", "on"),
+            ("event_retention_days", "365"),
         ]
     };
     let mut bad = base_fields("Home", "no-such-flow");
     bad.push(("version", &v));
     let (status, _, html) = submit(&root, &settings, &settings, &bad).await;
     assert_eq!(status, 400);
-    assert!(html.contains("id=\"e-authentication_flow\""), "{html}");
+    assert!(html.contains("id=\"e-default_authentication_flow\""), "{html}");
     let mut good = base_fields("Home Sign-in", "default-authentication-flow");
     good.push(("version", &v));
     let (status, _, _) = submit(&root, &settings, &settings, &good).await;
