@@ -158,6 +158,44 @@ impl AppPasswords {
         Ok((secret, record))
     }
 
+    /// The applications named by `slugs` (blank entries ignored), for scoping a new app
+    /// password; an unknown slug is a field error on `applications`.
+    pub async fn applications_by_slug(&self, slugs: &[String]) -> Result<Vec<Application>> {
+        let mut apps = Vec::new();
+        for slug in slugs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            match self.store.get_application_by_slug(slug).await.map_err(CoreError::from_store)? {
+                Some(app) => apps.push(app),
+                None => {
+                    return Err(CoreError::invalid_field(
+                        "applications",
+                        format!("There is no application with the slug '{slug}'."),
+                    ))
+                }
+            }
+        }
+        Ok(apps)
+    }
+
+    /// Slugs of the applications a password is scoped to (ids of deleted ones as they are).
+    pub async fn scope_slugs(&self, password: &AppPassword) -> Result<Option<Vec<String>>> {
+        let Some(ids) = &password.applications else { return Ok(None) };
+        let apps = self.store.list_applications().await.map_err(CoreError::from_store)?;
+        Ok(Some(
+            ids.iter()
+                .map(|id| apps.iter().find(|a| a.id == *id).map_or_else(|| id.to_string(), |a| a.slug.clone()))
+                .collect(),
+        ))
+    }
+
+    /// Revokes the user's app password with this id; `NotFound` if it is not theirs.
+    pub async fn revoke_id(&self, user: &User, id: Uuid, client: &ClientInfo) -> Result<AppPassword> {
+        let found = self.list(user).await?.into_iter().find(|p| p.id == id);
+        let Some(found) = found else {
+            return Err(CoreError::NotFound(format!("app password {id} of {}", user.username)));
+        };
+        self.revoke(user, &found.name, client).await
+    }
+
     pub async fn list(&self, user: &User) -> Result<Vec<AppPassword>> {
         self.store.list_app_passwords(user.id).await.map_err(CoreError::from_store)
     }

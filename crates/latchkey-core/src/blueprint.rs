@@ -1252,7 +1252,7 @@ pub async fn apply_parsed(
     let report = w.report;
     if report.created + report.updated > 0 {
         // Other processes learn of the change through the store's feed; this one now.
-        core.access.policies.invalidate();
+        core.config_changed();
     }
     if audit && report.created + report.updated > 0 {
         let kinds: Map<String, Value> = report

@@ -14,7 +14,7 @@ use crate::model::{Application, Outpost, Provider, User};
 use crate::policy::RequestFacts;
 use crate::version::check_version;
 use crate::Core;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// The launch URL that hides an application from the portal (authentik's convention).
 pub const HIDDEN_LAUNCH_URL: &str = "blank://blank";
@@ -183,7 +183,7 @@ pub async fn update_application(
 pub async fn delete_application(core: &Core, slug: &str, client: &ClientInfo) -> Result<()> {
     let app = get_application(core, slug).await?;
     core.store.delete_application(app.id).await.map_err(store_err)?;
-    core.access.policies.invalidate();
+    core.config_changed();
     core.events.record_raw("application_deleted", None, None, client, json!({ "application": app.slug })).await;
     Ok(())
 }
@@ -324,6 +324,7 @@ pub async fn update_provider(
 pub async fn delete_provider(core: &Core, id: uuid::Uuid, client: &ClientInfo) -> Result<()> {
     let provider = get_provider(core, id).await?;
     core.store.delete_provider(id).await.map_err(store_err)?;
+    core.config_changed();
     core.events.record_raw("provider_deleted", None, None, client, json!({ "provider": provider.name })).await;
     Ok(())
 }
@@ -402,10 +403,10 @@ pub async fn portal_applications(
     user: &User,
     facts: &RequestFacts,
 ) -> Result<Vec<(Option<String>, Vec<Tile>)>> {
-    let mut apps = core.store.list_applications().await.map_err(store_err)?;
+    let catalog = core.catalog.snapshot().await?;
+    let mut apps = catalog.applications.clone();
     apps.sort_by_key(|a| a.name.to_lowercase());
-    let providers: HashMap<uuid::Uuid, Provider> =
-        core.store.list_providers().await.map_err(store_err)?.into_iter().map(|p| (p.id, p)).collect();
+    let providers = &catalog.providers;
     let mut groups: BTreeMap<(bool, String), (Option<String>, Vec<Tile>)> = BTreeMap::new();
     for app in apps {
         if app.launch_url.as_deref() == Some(HIDDEN_LAUNCH_URL) {

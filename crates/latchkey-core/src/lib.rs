@@ -5,6 +5,7 @@ pub mod access;
 pub mod access_rules;
 pub mod app_passwords;
 pub mod blueprint;
+pub mod catalog;
 pub mod clock;
 pub mod console;
 pub mod directory;
@@ -96,6 +97,8 @@ pub struct Core {
     pub oauth: oauth::OAuth,
     /// Users and their policy views by id, in memory (forward auth, userinfo).
     pub users: user_cache::UserCache,
+    /// Settings, applications and providers as the interfaces show them, in memory.
+    pub catalog: catalog::Catalog,
     /// Second factors: TOTP, recovery codes.
     pub mfa: mfa::Mfa,
     /// Per-user secrets for non-browser clients of forward auth.
@@ -130,6 +133,7 @@ impl Core {
         let access =
             Access::new(Policies::new(Arc::clone(&store)), groups.clone(), Arc::clone(&clock), reputation.clone());
         let users = user_cache::UserCache::new(Arc::clone(&store), access.clone());
+        let catalog = catalog::Catalog::new(Arc::clone(&store));
         let proxy = proxy::Proxy::new(
             Arc::clone(&store),
             Arc::clone(&clock),
@@ -182,10 +186,21 @@ impl Core {
             signing,
             oauth,
             users,
+            catalog,
             mfa,
             app_passwords,
             header_auth,
         }))
+    }
+
+    /// A configuration object (application, provider, outpost, flow, policy, setting) was
+    /// written by this process: drop the caches built from them now. Other processes hear of
+    /// it through the store's feed.
+    pub fn config_changed(&self) {
+        self.access.policies.invalidate();
+        self.proxy.invalidate();
+        self.oauth.invalidate();
+        self.catalog.invalidate();
     }
 
     /// Creates the default group and flows where missing.
@@ -221,6 +236,7 @@ impl Core {
                             core.oauth.apply_change(&change);
                             core.signing.apply_change(&change);
                             core.users.apply_change(&change);
+                            core.catalog.apply_change(&change);
                             core.header_auth.apply_change(&change);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -230,6 +246,7 @@ impl Core {
                             core.oauth.invalidate();
                             core.signing.invalidate();
                             core.users.invalidate();
+                            core.catalog.invalidate();
                             core.header_auth.invalidate();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -584,9 +584,7 @@ fn drop_nulls_of_required(kind: ObjectKind, body: &mut Value) {
 /// Other processes hear of a change through the store's feed; this one applies it now, so a
 /// client that just created a provider can use it with its next request.
 fn refresh_caches(core: &Core) {
-    core.access.policies.invalidate();
-    core.proxy.invalidate();
-    core.oauth.invalidate();
+    core.config_changed();
 }
 
 async fn audit(core: &Core, action: &str, kind: ObjectKind, view: &Value, client: &ClientInfo) {

@@ -71,9 +71,14 @@ const FLOW_FIELDS: &[&str] = &[
     "default_user_settings_flow",
 ];
 
-/// The current settings (defaults for anything never set).
+/// The current settings (defaults for anything never set), read from the store; pages that
+/// only show them use the in-memory copy in `core.catalog`.
 pub async fn get(core: &Core) -> Result<SystemSettings> {
-    let stored = core.store.get_setting(SETTINGS_KEY).await.map_err(CoreError::from_store)?;
+    read(core.store.as_ref()).await
+}
+
+pub(crate) async fn read(store: &dyn crate::store::Store) -> Result<SystemSettings> {
+    let stored = store.get_setting(SETTINGS_KEY).await.map_err(CoreError::from_store)?;
     Ok(stored.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default())
 }
 
@@ -140,6 +145,7 @@ pub async fn update(core: &Core, patch: Value, expected: Option<&str>, client: &
     validate(core, &next).await?;
     let value = serde_json::to_value(&next).map_err(|e| CoreError::Internal(e.to_string()))?;
     core.store.set_setting(SETTINGS_KEY, &value).await.map_err(CoreError::from_store)?;
+    core.config_changed();
     core.events.record_raw("settings_changed", None, None, client, json!({ "fields": changed })).await;
     Ok(next)
 }

@@ -14,6 +14,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("ui/forms.html", include_str!("../templates/ui/forms.html")),
     ("portal/applications.html", include_str!("../templates/portal/applications.html")),
     ("portal/settings.html", include_str!("../templates/portal/settings.html")),
+    ("portal/app_password_created.html", include_str!("../templates/portal/app_password_created.html")),
     ("admin/base.html", include_str!("../templates/admin/base.html")),
     ("admin/overview.html", include_str!("../templates/admin/overview.html")),
     ("admin/users.html", include_str!("../templates/admin/users.html")),

@@ -9,7 +9,7 @@ use latchkey_core::console;
 use latchkey_core::error::FieldErrors;
 use latchkey_core::model::ListQuery;
 use latchkey_core::sessions::ActiveSession;
-use latchkey_core::system_settings::{self, SystemSettings};
+use latchkey_core::system_settings::SystemSettings;
 use latchkey_core::CoreError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub fn login_redirect(settings: &SystemSettings, here: &str) -> Response {
 impl Ui {
     /// Any logged-in user; without a session, a redirect to the login flow that comes back here.
     pub async fn user(state: &AppState, caller: Caller, here: &str) -> Result<Ui, UiError> {
-        let settings = system_settings::get(&state.core).await?;
+        let settings = state.core.catalog.snapshot().await?.settings.clone();
         let Some(me) = caller.session.clone() else {
             return Err(UiError(Box::new(login_redirect(&settings, here))));
         };

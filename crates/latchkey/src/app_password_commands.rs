@@ -13,11 +13,7 @@ pub async fn run(app: &App, command: AppPasswordCommand) -> anyhow::Result<()> {
     match command {
         AppPasswordCommand::Create { username, name, applications, expires } => {
             let user = core.directory.require_user(&username).await.map_err(err)?;
-            let mut apps = Vec::new();
-            for slug in applications {
-                let found = core.store.get_application_by_slug(&slug).await.map_err(|e| anyhow!("{e}"))?;
-                apps.push(found.ok_or_else(|| anyhow!("there is no application with the slug '{slug}'"))?);
-            }
+            let apps = core.app_passwords.applications_by_slug(&applications).await.map_err(err)?;
             let expires_in = expires
                 .map(|d| chrono::Duration::from_std(d).map_err(|_| anyhow!("the expiry {d:?} is too long")))
                 .transpose()?;
@@ -28,20 +24,13 @@ pub async fn run(app: &App, command: AppPasswordCommand) -> anyhow::Result<()> {
         }
         AppPasswordCommand::List { username } => {
             let user = core.directory.require_user(&username).await.map_err(err)?;
-            let apps = core.store.list_applications().await.map_err(|e| anyhow!("{e}"))?;
             println!("{:<24} {:<17} {:<17} {:<17} APPLICATIONS", "NAME", "CREATED", "EXPIRES", "LAST USED");
             let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
                 t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into())
             };
             for p in core.app_passwords.list(&user).await.map_err(err)? {
-                let scope = match &p.applications {
-                    None => "all".to_string(),
-                    Some(ids) => ids
-                        .iter()
-                        .map(|id| apps.iter().find(|a| a.id == *id).map_or_else(|| id.to_string(), |a| a.slug.clone()))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                };
+                let scope = core.app_passwords.scope_slugs(&p).await.map_err(err)?;
+                let scope = scope.map_or_else(|| "all".to_string(), |slugs| slugs.join(","));
                 println!(
                     "{:<24} {:<17} {:<17} {:<17} {}",
                     p.name,

@@ -583,6 +583,8 @@ async fn postgres_lost_while_running_recovers() {
     let base = server.base.clone();
     let c = client();
     assert_eq!(json_login(&c, &base, "gus", "gus-password").await["component"], "redirect");
+    // The portal, once seen, is answered from memory (session, user, settings, applications).
+    assert_eq!(c.get(format!("{base}/if/user/")).send().await.unwrap().status(), 200);
 
     forwarder.cut();
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -1,5 +1,5 @@
 //! `/api/v1/users/`: the directory's users, with password, sessions, MFA devices,
-//! recovery links and group membership.
+//! recovery links, app passwords and group membership.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -445,6 +445,108 @@ pub async fn remove_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct AppPasswordOut {
+    pub id: Uuid,
+    pub name: String,
+    /// Slugs of the applications it opens; `null`: every application the user may use.
+    pub applications: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPasswordCreate {
+    pub name: String,
+    /// Application slugs; empty or absent: every application.
+    #[serde(default)]
+    pub applications: Vec<String>,
+    /// Validity such as `90d`, `12h`; absent: never expires.
+    pub expires: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AppPasswordCreated {
+    #[serde(flatten)]
+    pub app_password: AppPasswordOut,
+    /// The secret, shown only in this answer.
+    pub secret: String,
+}
+
+async fn app_password_out(state: &AppState, p: latchkey_core::app_passwords::AppPassword) -> ApiResult<AppPasswordOut> {
+    let applications = state.core.app_passwords.scope_slugs(&p).await?;
+    Ok(AppPasswordOut {
+        id: p.id,
+        name: p.name,
+        applications,
+        created_at: p.created_at,
+        expires_at: p.expires_at,
+        last_used_at: p.last_used_at,
+    })
+}
+
+/// The user's app passwords (for Basic authentication through forward auth).
+#[utoipa::path(get, path = "/api/v1/users/{id}/app_passwords/", tag = "users", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<AppPasswordOut>), (status = 404, body = super::ErrorBody)))]
+pub async fn app_passwords(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<AppPasswordOut>>> {
+    let user = load(&state, &id).await?;
+    let mut out = Vec::new();
+    for p in state.core.app_passwords.list(&user).await? {
+        out.push(app_password_out(&state, p).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Create an app password for the user; the secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/users/{id}/app_passwords/", tag = "users", params(("id" = Uuid, Path)),
+    request_body = AppPasswordCreate,
+    responses((status = 201, body = AppPasswordCreated), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+pub async fn create_app_password(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult<Response> {
+    let input: AppPasswordCreate = body.parse()?;
+    let user = load(&state, &id).await?;
+    let expires_in = match input.expires.as_deref() {
+        None => None,
+        Some(text) => Some(latchkey_core::app_passwords::parse_expiry(text).ok_or_else(|| {
+            latchkey_core::CoreError::invalid_field(
+                "expires",
+                format!("'{text}' is not a validity such as 90d or 12h."),
+            )
+        })?),
+    };
+    let applications = state.core.app_passwords.applications_by_slug(&input.applications).await?;
+    let new = latchkey_core::app_passwords::NewAppPassword { name: input.name, applications, expires_in };
+    let (secret, record) = state.core.app_passwords.create(&user, new, &admin.client).await?;
+    let created = AppPasswordCreated { app_password: app_password_out(&state, record).await?, secret };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Revoke one of the user's app passwords.
+#[utoipa::path(delete, path = "/api/v1/users/{id}/app_passwords/{app_password_id}/", tag = "users",
+    params(("id" = Uuid, Path), ("app_password_id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = super::ErrorBody)))]
+pub async fn revoke_app_password(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((id, password_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let user = load(&state, &id).await?;
+    let password_id = parse_id(&password_id, "app password")?;
+    state.core.app_passwords.revoke_id(&user, password_id, &admin.client).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let both = crate::both;
     let r = both(r, "/api/v1/users/", get(list).post(create));
@@ -454,5 +556,7 @@ pub fn routes(r: Router<AppState>) -> Router<AppState> {
     let r = both(r, "/api/v1/users/{id}/sessions/", get(sessions).delete(revoke_sessions));
     let r = both(r, "/api/v1/users/{id}/sessions/{session_id}/", delete(revoke_session));
     let r = both(r, "/api/v1/users/{id}/devices/", get(devices));
-    both(r, "/api/v1/users/{id}/devices/{device_id}/", delete(remove_device))
+    let r = both(r, "/api/v1/users/{id}/devices/{device_id}/", delete(remove_device));
+    let r = both(r, "/api/v1/users/{id}/app_passwords/", get(app_passwords).post(create_app_password));
+    both(r, "/api/v1/users/{id}/app_passwords/{app_password_id}/", delete(revoke_app_password))
 }

@@ -396,6 +396,35 @@ async fn portal_shows_permitted_tiles_and_manages_sessions(env: Env) {
     let (_, html) = page(&root, &format!("{base}/if/user/")).await;
     assert!(html.contains("Admin Only") && !html.contains("Hidden Thing"), "{html}");
 
+    // App passwords: created in the portal and shown once, refused for an unknown
+    // application or a duplicate name, listed without the secret, revoked.
+    let settings = format!("{base}/if/user/settings/");
+    let create = format!("{base}/if/user/settings/app-passwords/");
+    let (status, _, html) =
+        submit(&bob, &settings, &create, &[("name", "phone"), ("applications", "no-such-app"), ("expires", "")]).await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("id=\"e-applications\"") && html.contains("value=\"phone\""), "{html}");
+    let (status, _, html) =
+        submit(&bob, &settings, &create, &[("name", "phone"), ("applications", ""), ("expires", "90d")]).await;
+    assert_eq!(status, 200, "{html}");
+    let marker = "id=\"app-password-secret\" type=\"text\" readonly value=\"";
+    let secret = html.split(marker).nth(1).unwrap().split('"').next().unwrap().to_string();
+    assert!(secret.len() >= 40, "{html}");
+    assert!(env.cli_ok(&["app-password", "list", "bob"], "").contains("phone"));
+    let (status, _, _) = submit(&bob, &settings, &create, &[("name", "phone"), ("expires", "")]).await;
+    assert_eq!(status, 409);
+    let (_, html) = page(&bob, &settings).await;
+    assert!(html.contains("<td>phone</td>") && !html.contains(&secret), "{html}");
+    let revoke = html
+        .split("action=\"/if/user/settings/app-passwords/")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|path| path.ends_with("/revoke/"))
+        .unwrap()
+        .to_string();
+    let (status, _, _) = submit(&bob, &settings, &format!("{create}{revoke}"), &[]).await;
+    assert_eq!(status, 303);
+    assert!(!env.cli_ok(&["app-password", "list", "bob"], "").contains("phone"));
+
     // Sessions: a second browser of bob's is listed and signed out from the first.
     let bob2 = logged_in(base, "bob", "bob-password-1").await;
     let settings = format!("{base}/if/user/settings/");

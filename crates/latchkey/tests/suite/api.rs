@@ -328,6 +328,30 @@ async fn api_users_pagination_errors_and_stale_edits(env: Env) {
         "not_found",
     );
 
+    // App passwords: the secret only in the creation answer; unknown applications and
+    // duplicate names refused; revocable by id.
+    let created =
+        api.post(&format!("users/{carol_id}/app_passwords/"), json!({"name": "sync", "expires": "90d"})).await;
+    let secret = expect(&created, 201)["secret"].as_str().unwrap().to_string();
+    assert!(secret.len() >= 40, "{}", created.body);
+    let pw_id = created.body["id"].as_str().unwrap().to_string();
+    let listed = expect(&api.get(&format!("users/{carol_id}/app_passwords/")).await, 200).clone();
+    assert_eq!(listed[0]["name"], "sync");
+    assert!(listed[0]["applications"].is_null() && listed[0]["expires_at"].is_string(), "{listed}");
+    assert!(!listed.to_string().contains(&secret));
+    expect_error(
+        &api.post(&format!("users/{carol_id}/app_passwords/"), json!({"name": "x", "applications": ["nope"]})).await,
+        422,
+        "invalid",
+    );
+    expect_error(
+        &api.post(&format!("users/{carol_id}/app_passwords/"), json!({"name": "sync"})).await,
+        409,
+        "conflict",
+    );
+    assert_eq!(api.delete(&format!("users/{carol_id}/app_passwords/{pw_id}/")).await.status, 204);
+    expect_error(&api.delete(&format!("users/{carol_id}/app_passwords/{pw_id}/")).await, 404, "not_found");
+
     // Delete.
     assert_eq!(api.delete(&format!("users/{carol_id}/")).await.status, 204);
     expect_error(&api.get(&format!("users/{carol_id}/")).await, 404, "not_found");
