@@ -119,7 +119,9 @@ pub fn retire(list: Vec<RetiredRecord>, old: Option<RetiredRecord>, now: i64) ->
 
 #[derive(Default)]
 struct Cache {
-    current: HashMap<Algorithm, Arc<SigningKey>>,
+    /// `None`: the store has no key for the algorithm (yet), so a token claiming it is
+    /// refused without asking the store again.
+    current: HashMap<Algorithm, Option<Arc<SigningKey>>>,
     retired: Option<Arc<Vec<RetiredKey>>>,
 }
 
@@ -182,13 +184,22 @@ impl Signing {
     /// The current key for `alg` from memory or the store; generated only when `create`
     /// (verifying a token never creates a key).
     async fn current(&self, alg: Algorithm, create: bool) -> Result<Option<Arc<SigningKey>>> {
-        if let Some(k) = self.cache.read().ok().and_then(|c| c.current.get(&alg).cloned()) {
-            return Ok(Some(k));
+        match self.cache.read().ok().and_then(|c| c.current.get(&alg).cloned()) {
+            Some(Some(k)) => return Ok(Some(k)),
+            Some(None) if !create => return Ok(None),
+            _ => {}
         }
         let generation = self.generation.load(Ordering::Acquire);
         let key = match self.load_current(alg).await? {
             Some(k) => k,
-            None if !create => return Ok(None),
+            None if !create => {
+                if self.generation.load(Ordering::Acquire) == generation {
+                    if let Ok(mut c) = self.cache.write() {
+                        c.current.insert(alg, None);
+                    }
+                }
+                return Ok(None);
+            }
             None => {
                 let _guard = self.creating.lock().await;
                 match self.load_current(alg).await? {
@@ -200,7 +211,7 @@ impl Signing {
         let key = Arc::new(key);
         if self.generation.load(Ordering::Acquire) == generation {
             if let Ok(mut c) = self.cache.write() {
-                c.current.insert(alg, Arc::clone(&key));
+                c.current.insert(alg, Some(Arc::clone(&key)));
             }
         }
         Ok(Some(key))
