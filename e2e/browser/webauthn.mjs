@@ -62,8 +62,13 @@ try {
     await page.waitForLoadState('load');
     return new URL(page.url()).pathname;
   }
+  // Logging out lands on the login page, whose passkey autofill request would answer itself
+  // (and log in again) while presence is simulated: presence goes off first, and the browser
+  // leaves the page so no request is pending when the next step changes the credentials.
   async function logout() {
+    await presence(false);
     await page.goto(`${base}/if/flow/default-invalidation-flow/`);
+    await page.goto('about:blank');
   }
   // Leaves the session in the store (for the test to inspect) but not in the browser.
   async function forgetSession() {
