@@ -210,14 +210,14 @@ pub fn alg_str(alg: Algorithm) -> &'static str {
 
 fn parse_key(v: &Value) -> Result<ClientKey, String> {
     let obj = v.as_object().ok_or("is not an object")?;
-    // Private parameters (RSA d, p, q…, EC/OKP d) or a symmetric secret (k) have no business
-    // in a setting that admins and the API show in clear.
-    if let Some(p) = ["d", "p", "q", "dp", "dq", "qi", "k"].iter().find(|p| obj.contains_key(**p)) {
-        return Err(format!("holds private key material (\"{p}\"); register only the public key"));
-    }
     let kty = obj.get("kty").and_then(Value::as_str).ok_or("has no kty")?;
     if !matches!(kty, "RSA" | "EC" | "OKP") {
         return Err(format!("kty {kty} is not RSA, EC or OKP (symmetric keys are not accepted)"));
+    }
+    // Private parameters (RSA d, p, q…, EC/OKP d) have no business in a setting that admins
+    // and the API show in clear.
+    if let Some(p) = ["d", "p", "q", "dp", "dq", "qi"].iter().find(|p| obj.contains_key(**p)) {
+        return Err(format!("holds private key material (\"{p}\"); register only the public key"));
     }
     let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|e| format!("is not a valid JWK: {e}"))?;
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {

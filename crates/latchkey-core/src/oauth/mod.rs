@@ -414,21 +414,24 @@ impl OAuth {
                 (id, creds.client_secret, method)
             }
         };
-        let client = self.authenticate(id, secret).await?;
-        let allowed = match client.auth_method {
-            None => method != AuthMethod::PrivateKeyJwt,
-            Some(only) => only == method,
-        };
-        if !allowed {
-            tracing::warn!(
-                client = %client.client_id,
-                used = method.as_str(),
-                configured = client.auth_method.map(AuthMethod::as_str).unwrap_or("-"),
-                "client authentication refused: not the client's token_endpoint_auth_method"
-            );
-            return Err(OAuthError::invalid_client().into());
+        // The method is checked first so that the log says why a client set to one method is
+        // refused when it tries another.
+        if let Some(client) = self.client_by_id(id).await? {
+            let allowed = match client.auth_method {
+                None => true,
+                Some(only) => only == method,
+            };
+            if !allowed {
+                tracing::warn!(
+                    client = %client.client_id,
+                    used = method.as_str(),
+                    configured = client.auth_method.map(AuthMethod::as_str).unwrap_or("-"),
+                    "client authentication refused: not the client's token_endpoint_auth_method"
+                );
+                return Err(OAuthError::invalid_client().into());
+            }
         }
-        Ok(client)
+        self.authenticate(id, secret).await
     }
 
     async fn authenticate_assertion(
