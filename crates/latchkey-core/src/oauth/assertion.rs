@@ -557,6 +557,19 @@ mod tests {
     }
 
     #[test]
+    fn rfc7517_example_public_keys_parse() {
+        // The keys fuzz/fuzz_targets/client_assertion.rs verifies against.
+        let set = json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "ec",
+             "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4", "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"},
+            {"kty": "RSA", "kid": "rsa", "e": "AQAB",
+             "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}
+        ]});
+        let parsed = parse_jwks(&set).unwrap();
+        assert_eq!(format!("{parsed:?}"), r#"ClientJwks { kids: ["ec", "rsa"] }"#);
+    }
+
+    #[test]
     fn claimed_client_reads_sub_then_iss() {
         let ec = ec_key("k");
         assert_eq!(claimed_client(&sign(&ec, None)).as_deref(), Some("c"));
