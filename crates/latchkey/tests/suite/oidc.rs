@@ -488,6 +488,29 @@ applications:
     assert_eq!(token_answer(secret.form(&[("grant_type", "client_credentials")])).await.0, 401);
     assert_eq!(token_answer(with_assertion(fresh("jti-after-patch"))).await.0, 200);
     server.stop();
+
+    // Contradictory settings are refused by blueprints too, naming the field.
+    let jwks = key.jwks().to_string();
+    for (extra, field, says) in [
+        ("token_endpoint_auth_method: private_key_jwt", "jwks", "needs the client's public keys"),
+        ("token_endpoint_auth_method: client_secret_jwt", "token_endpoint_auth_method", "is not one of"),
+        ("token_endpoint_auth_method: none", "token_endpoint_auth_method", "for public clients"),
+        (&format!("client_type: public\n    jwks: '{jwks}'"), "jwks", "public client"),
+        (
+            &format!("token_endpoint_auth_method: client_secret_post\n    jwks: '{jwks}'"),
+            "client_secret",
+            "needs a client_secret",
+        ),
+    ] {
+        let yaml = format!("providers:\n  - name: Bad\n    type: oauth2\n    client_id: bad\n    {extra}\n");
+        std::fs::write(&path, yaml).unwrap();
+        let out = env.cli(&["blueprint", "apply", path.to_str().unwrap()], "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("(Bad).{field}")) && err.contains(says),
+            "{extra}: {err}"
+        );
+    }
 }
 
 async fn get_json_auth(c: &reqwest::Client, url: &str, token: &str) -> Value {
