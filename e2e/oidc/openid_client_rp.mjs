@@ -1,7 +1,7 @@
 // A relying party built on Node `openid-client` (certified RP library), driven by the Rust
 // end-to-end test crates/latchkey/tests/suite/oidc_node.rs.
 //
-//   node openid_client_rp.mjs MODE BASE SLUG CLIENT_ID SECRET|- REDIRECT_URI USERNAME PASSWORD [BACKCHANNEL_PORT]
+//   node openid_client_rp.mjs MODE BASE SLUG CLIENT_ID SECRET|- REDIRECT_URI USERNAME PASSWORD [BACKCHANNEL_PORT [KEY_PEM KEY_KID]]
 //
 // MODE is one of
 //   full    discovery → authorization code + PKCE (login and consent answered through the JSON
@@ -12,13 +12,17 @@
 //   public  a public client (PKCE only, no secret) through code, token, userinfo and refresh
 //   errors  wrong redirect_uri, wrong client secret, prompt=none without a session,
 //           client credentials, device flow
+//   private_key_jwt  the client authenticates with `PrivateKeyJwt` (KEY_PEM: its PKCS#8 ES256
+//           key, KEY_KID: the key's id): code + PKCE → token → refresh → client credentials →
+//           introspection → revocation; then a client secret and an unknown key, both refused
 // Prints one JSON object with what it saw (last line); exits non-zero when a check fails.
 
 import * as oidc from "openid-client";
 import * as jose from "jose";
 import http from "node:http";
 
-const [MODE, BASE, SLUG, CLIENT_ID, SECRET_ARG, REDIRECT_URI, USERNAME, PASSWORD, BC_PORT] = process.argv.slice(2);
+const [MODE, BASE, SLUG, CLIENT_ID, SECRET_ARG, REDIRECT_URI, USERNAME, PASSWORD, BC_PORT, KEY_PEM, KEY_KID] =
+  process.argv.slice(2);
 const SECRET = SECRET_ARG === "-" ? undefined : SECRET_ARG;
 const SCOPE = "openid profile email groups offline_access";
 const ISSUER = `${BASE}/application/o/${SLUG}/`;
@@ -330,8 +334,40 @@ async function errors() {
   out.device_has_refresh = !!deviceTokens.refresh_token;
 }
 
+async function privateKeyJwt() {
+  const key = await jose.importPKCS8(KEY_PEM, "ES256");
+  const keyed = (privateKey) =>
+    oidc.discovery(new URL(ISSUER), CLIENT_ID, {}, oidc.PrivateKeyJwt({ key: privateKey, kid: KEY_KID }), {
+      execute: [oidc.allowInsecureRequests],
+    });
+  const config = await keyed(key);
+  oidc.enableNonRepudiationChecks(config);
+  const meta = config.serverMetadata();
+  out.auth_methods = meta.token_endpoint_auth_methods_supported;
+  out.auth_signing_algs = meta.token_endpoint_auth_signing_alg_values_supported;
+
+  const browser = new Browser();
+  const { tokens } = await login(config, browser);
+  out.id_token = tokens.claims();
+  const refreshed = await oidc.refreshTokenGrant(config, tokens.refresh_token);
+  out.refreshed = !!refreshed.access_token && !!refreshed.refresh_token && refreshed.refresh_token !== tokens.refresh_token;
+  out.refreshed_sub = refreshed.claims()?.sub;
+  const cc = await oidc.clientCredentialsGrant(config, { scope: "openid profile" });
+  out.client_credentials_sub = jose.decodeJwt(cc.access_token).sub;
+  out.introspect = (await oidc.tokenIntrospection(config, refreshed.access_token)).active;
+  await oidc.tokenRevocation(config, refreshed.refresh_token);
+  out.refresh_after_revoke = await failure(oidc.refreshTokenGrant(config, refreshed.refresh_token));
+
+  // The provider takes only private_key_jwt: a client secret is refused.
+  const withSecret = await configure("some-secret");
+  out.secret_refused = await failure(oidc.clientCredentialsGrant(withSecret, { scope: "openid" }));
+  // A key the provider does not know, under the registered kid.
+  const { privateKey } = await jose.generateKeyPair("ES256");
+  out.unknown_key = await failure(oidc.clientCredentialsGrant(await keyed(privateKey), { scope: "openid" }));
+}
+
 try {
-  await { full, public: publicClient, errors }[MODE]();
+  await { full, public: publicClient, errors, private_key_jwt: privateKeyJwt }[MODE]();
 } catch (e) {
   check(false, `${e.name}: ${e.message} ${e.error ?? ""} ${e.cause ? JSON.stringify(e.cause) : ""}`);
 }

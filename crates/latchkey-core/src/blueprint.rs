@@ -26,6 +26,7 @@ use crate::directory::{validate_email, validate_group_name, validate_username};
 use crate::error::{CoreError, FieldErrors, Result};
 use crate::events::ClientInfo;
 use crate::model::*;
+use crate::oauth::assertion::AuthMethod;
 use crate::policy::POLICY_KINDS;
 use crate::Core;
 
@@ -159,6 +160,11 @@ pub struct ProviderEntry {
     /// Extra claims from CEL expressions (authentik's scope mappings).
     pub claims: Option<Vec<crate::oauth::claims::ClaimSpec>>,
     pub backchannel_logout_uri: Option<String>,
+    /// The client's public keys (a JWKS object, or its JSON text) for `private_key_jwt`.
+    pub jwks: Option<Value>,
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`: the only
+    /// method accepted. Unset: the secret either way, or `private_key_jwt` with `jwks`.
+    pub token_endpoint_auth_method: Option<String>,
     // ldap
     pub base_dn: Option<String>,
     pub bind_flow: Option<String>,
@@ -575,6 +581,8 @@ fn provider_fields(kind: ProviderKind) -> &'static [&'static str] {
             "refresh_token_validity",
             "claims",
             "backchannel_logout_uri",
+            "jwks",
+            "token_endpoint_auth_method",
         ],
         ProviderKind::Ldap => &["base_dn", "bind_flow", "search_group", "mfa_support", "anonymous_search"],
     }
@@ -608,6 +616,8 @@ impl ProviderEntry {
         add("refresh_token_validity", self.refresh_token_validity.is_some());
         add("claims", self.claims.is_some());
         add("backchannel_logout_uri", self.backchannel_logout_uri.is_some());
+        add("jwks", self.jwks.is_some());
+        add("token_endpoint_auth_method", self.token_endpoint_auth_method.is_some());
         add("base_dn", self.base_dn.is_some());
         add("bind_flow", self.bind_flow.is_some());
         add("search_group", self.search_group.is_some());
@@ -985,8 +995,52 @@ fn validate_providers(bp: &Blueprint, known: &Known, errs: &Errs) -> Result<()> 
                         errs.at(&at("client_id"), format!("client_id '{client_id}' is already used by '{other}'"))
                     );
                 }
+                let method = match p.token_endpoint_auth_method.as_deref() {
+                    None => None,
+                    Some(m) => match AuthMethod::parse(m) {
+                        Some(m) => Some(m),
+                        None => {
+                            return Err(errs.at(
+                                &at("token_endpoint_auth_method"),
+                                format!("'{m}' is not one of {}", AuthMethod::NAMES.join(", ")),
+                            ))
+                        }
+                    },
+                };
+                let jwks = p.jwks.as_ref().filter(|j| !j.is_null());
+                if let Some(j) = jwks {
+                    if let Err(e) = crate::oauth::assertion::parse_jwks(j) {
+                        return Err(errs.at(&at("jwks"), format!("the JWKS {e}")));
+                    }
+                    if client_type == "public" {
+                        return Err(errs.at(&at("jwks"), "a public client does not authenticate; make it confidential"));
+                    }
+                }
+                match (method, client_type) {
+                    (Some(AuthMethod::None), "confidential") => {
+                        return Err(errs.at(
+                            &at("token_endpoint_auth_method"),
+                            "none is for public clients; a confidential client authenticates",
+                        ))
+                    }
+                    (Some(m), "public") if m != AuthMethod::None => {
+                        return Err(errs.at(
+                            &at("token_endpoint_auth_method"),
+                            format!("a public client does not authenticate; {} needs a confidential one", m.as_str()),
+                        ))
+                    }
+                    (Some(AuthMethod::PrivateKeyJwt), _) if jwks.is_none() => {
+                        return Err(errs.at(&at("jwks"), "private_key_jwt needs the client's public keys in jwks"))
+                    }
+                    _ => {}
+                }
+                // A client holding a key needs no secret, unless it is told to use one.
+                let needs_secret = match method {
+                    Some(m) => matches!(m, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost),
+                    None => jwks.is_none(),
+                };
                 match (client_type, p.client_secret.as_deref()) {
-                    ("confidential", None | Some("")) => {
+                    ("confidential", None | Some("")) if needs_secret => {
                         return Err(errs.at(&at("client_secret"), "a confidential client needs a client_secret"))
                     }
                     ("public", Some(_)) => {
@@ -1695,6 +1749,13 @@ impl Writer<'_> {
                 }
                 if let Some(v) = &p.backchannel_logout_uri {
                     put("backchannel_logout_uri", json!(v));
+                }
+                // Stored as an object even when given as JSON text (validated above).
+                if let Some(v) = p.jwks.as_ref().filter(|v| !v.is_null()) {
+                    put("jwks", crate::oauth::assertion::jwks_value(v).unwrap_or_else(|_| v.clone()));
+                }
+                if let Some(v) = &p.token_endpoint_auth_method {
+                    put("token_endpoint_auth_method", json!(v));
                 }
             }
             ProviderKind::Ldap => {

@@ -316,7 +316,17 @@ pub async fn update_provider(
             input.client_id = kept("client_id");
         }
     }
-    apply_entry(core, "providers", provider_entry(&input)?, client).await?;
+    let mut entry = provider_entry(&input)?;
+    if input.kind == "oauth2" {
+        // Settings the form does not show (set through the API or a blueprint) stay as they are:
+        // saving the form must not drop a client's keys.
+        for k in ["jwks", "token_endpoint_auth_method"] {
+            if let (Some(v), Some(e)) = (current.config.get(k), entry.as_object_mut()) {
+                e.insert(k.into(), v.clone());
+            }
+        }
+    }
+    apply_entry(core, "providers", entry, client).await?;
     core.events.record_raw("provider_changed", None, None, client, json!({ "provider": current.name })).await;
     get_provider(core, id).await
 }

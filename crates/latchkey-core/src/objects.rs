@@ -127,6 +127,8 @@ impl ObjectKind {
                 "sub_mode",
                 "scopes",
                 "refresh_token_validity",
+                "jwks",
+                "token_endpoint_auth_method",
                 "base_dn",
                 "bind_flow",
                 "search_group",
@@ -568,7 +570,10 @@ fn generate_credentials(body: &mut Value) {
         map.insert("client_id".into(), json!(random_secret(30)));
     }
     let public = map.get("client_type").and_then(Value::as_str) == Some("public");
-    if !public && blank(map.get("client_secret")) {
+    // A client that authenticates with its key gets no secret it would never use.
+    let keyed = map.get("jwks").is_some_and(|j| !j.is_null())
+        && map.get("token_endpoint_auth_method").and_then(Value::as_str).is_none_or(|m| m == "private_key_jwt");
+    if !public && !keyed && blank(map.get("client_secret")) {
         map.insert("client_secret".into(), json!(random_secret(48)));
     }
 }

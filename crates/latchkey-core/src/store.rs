@@ -112,6 +112,10 @@ pub trait FlowStore: Send + Sync {
 
     async fn get_flow_state(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<FlowStateRecord>>;
     async fn put_flow_state(&self, state: &FlowStateRecord) -> StoreResult<()>;
+    /// Creates the state only if no unexpired one has its key (an expired one is replaced);
+    /// `false` when one exists. Atomic: of two concurrent calls with one key exactly one wins,
+    /// across every process sharing the database (single-use markers such as assertion `jti`s).
+    async fn insert_flow_state(&self, state: &FlowStateRecord, now: DateTime<Utc>) -> StoreResult<bool>;
     async fn delete_flow_state(&self, key: &str) -> StoreResult<()>;
     async fn delete_expired_flow_states(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }

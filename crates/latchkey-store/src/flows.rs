@@ -253,6 +253,24 @@ impl FlowStore for SqlStore {
         Ok(())
     }
 
+    async fn insert_flow_state(&self, state: &FlowStateRecord, now: DateTime<Utc>) -> StoreResult<bool> {
+        // One statement: the unique key decides between concurrent callers, and a leftover
+        // expired row (housekeeping not run yet) is taken over rather than blocking the key.
+        let result = sqlx::query(
+            "INSERT INTO flow_states (key, data, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at \
+             WHERE flow_states.expires_at <= $4",
+        )
+        .bind(&state.key)
+        .bind(to_json_text(&state.data))
+        .bind(ms(state.expires_at))
+        .bind(ms(now))
+        .execute(self.pool())
+        .await
+        .map_err(db_err)?;
+        Ok(result.rows_affected() == 1)
+    }
+
     async fn delete_flow_state(&self, key: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM flow_states WHERE key = $1").bind(key).execute(self.pool()).await.map_err(db_err)?;
         Ok(())

@@ -175,6 +175,7 @@ suite!(
     sessions_lifecycle,
     flows_stages_and_bindings,
     flow_state_respects_expiry,
+    insert_flow_state_is_single_use,
     tokens_find_and_consume,
     consume_token_is_atomic,
     events_newest_first_with_filters,
@@ -683,6 +684,34 @@ async fn flow_state_respects_expiry(db: TestDb) {
     assert_eq!(s.delete_expired_flow_states(t(60)).await.unwrap(), 1);
     s.delete_flow_state("k1").await.unwrap();
     assert_eq!(s.get_flow_state("k1", t(0)).await.unwrap(), None);
+    db.store.close().await;
+}
+
+async fn insert_flow_state_is_single_use(db: TestDb) {
+    let s = std::sync::Arc::new(db.store.clone());
+    let first = FlowStateRecord { key: "jti:a".into(), data: json!({"n": 1}), expires_at: t(100) };
+    assert!(s.insert_flow_state(&first, t(10)).await.unwrap());
+    let again = FlowStateRecord { data: json!({"n": 2}), ..first.clone() };
+    assert!(!s.insert_flow_state(&again, t(20)).await.unwrap(), "an unexpired key is taken");
+    assert_eq!(s.get_flow_state("jti:a", t(20)).await.unwrap(), Some(first.clone()), "and left alone");
+    // Once expired (and before housekeeping removes it), the key is free again.
+    let later = FlowStateRecord { expires_at: t(300), ..again.clone() };
+    assert!(s.insert_flow_state(&later, t(100)).await.unwrap());
+    assert_eq!(s.get_flow_state("jti:a", t(150)).await.unwrap(), Some(later));
+    // Concurrent inserts of one key: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = FlowStateRecord { key: "jti:race".into(), data: json!({"n": i}), expires_at: t(1000) };
+            s.insert_flow_state(&r, t(10)).await.unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
     db.store.close().await;
 }
 

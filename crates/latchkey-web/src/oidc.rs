@@ -14,7 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use latchkey_core::flow::{completion_key, COMPLETION};
 use latchkey_core::keys::random_secret;
-use latchkey_core::oauth::{check_pkce, Client, ClientType, Grant, GrantError, OAuthError, CLAIMS};
+use latchkey_core::oauth::assertion::SIGNING_ALGS;
+use latchkey_core::oauth::{check_pkce, Client, ClientCredentials, ClientType, Grant, GrantError, OAuthError, CLAIMS};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use url::Url;
@@ -28,6 +29,9 @@ const PREFIX: &str = "/application/o";
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// Our own marker on the authorize URL the authorization flow returns to.
 const RETURN_PARAM: &str = "lk_completion";
+/// How confidential clients authenticate at the back-channel endpoints (public clients send
+/// only their `client_id`).
+const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "private_key_jwt"];
 /// Longest parameter value accepted.
 const MAX_PARAM: usize = 4096;
 
@@ -121,9 +125,12 @@ async fn discovery(State(state): State<AppState>, caller: Caller, Path(slug): Pa
         "scopes_supported": client.scopes,
         "claims_supported": CLAIMS,
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
         "claims_parameter_supported": false,
@@ -402,10 +409,12 @@ async fn take_receipt(
     Ok(d["flow"] == flow && d["user"] == json!(user) && d["application"] == json!(client.app.slug))
 }
 
-/// The client a back-channel request authenticates as: HTTP Basic or the body's
-/// `client_id`/`client_secret`, never both.
+/// The client a back-channel request authenticates as. This only reads the credentials off
+/// the request (HTTP Basic, `client_secret`, `client_assertion`…); the core decides.
 async fn client_auth(
     state: &AppState,
+    caller: &Caller,
+    endpoint: &str,
     headers: &HeaderMap,
     form: &BTreeMap<String, String>,
 ) -> Result<Client, GrantError> {
@@ -413,31 +422,30 @@ async fn client_auth(
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_string())
     });
-    let (id, secret) = match basic {
+    let basic = match basic {
         Some(b) => {
-            if form.contains_key("client_secret") {
-                return Err(OAuthError::invalid_request("Use one client authentication method, not two.").into());
-            }
             let decoded = STANDARD
                 .decode(b)
                 .ok()
                 .and_then(|d| String::from_utf8(d).ok())
                 .ok_or_else(OAuthError::invalid_client)?;
             let (id, secret) = decoded.split_once(':').ok_or_else(OAuthError::invalid_client)?;
+            // RFC 6749 §2.3.1: both halves are form-urlencoded.
             let dec =
                 |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.to_string());
-            let id = dec(id).unwrap_or_default();
-            if form.get("client_id").is_some_and(|c| *c != id) {
-                return Err(OAuthError::invalid_request("client_id differs from the authenticated client.").into());
-            }
-            (id, dec(secret).filter(|s| !s.is_empty()))
+            Some((dec(id).unwrap_or_default(), dec(secret).filter(|s| !s.is_empty())))
         }
-        None => {
-            let id = form.get("client_id").cloned().ok_or_else(OAuthError::invalid_client)?;
-            (id, form.get("client_secret").cloned())
-        }
+        None => None,
     };
-    state.core.oauth.authenticate(&id, secret.as_deref()).await
+    let field = |k: &str| form.get(k).map(String::as_str);
+    let creds = ClientCredentials {
+        basic,
+        client_id: field("client_id"),
+        client_secret: field("client_secret"),
+        client_assertion_type: field("client_assertion_type"),
+        client_assertion: field("client_assertion"),
+    };
+    state.core.oauth.authenticate_client(&creds, &caller.origin, endpoint).await
 }
 
 async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
@@ -445,7 +453,7 @@ async fn token(State(state): State<AppState>, caller: Caller, headers: HeaderMap
         Ok(f) => f,
         Err(e) => return oauth_error(e),
     };
-    let client = match client_auth(&state, &headers, &form).await {
+    let client = match client_auth(&state, &caller, "token", &headers, &form).await {
         Ok(c) => c,
         Err(e) => return grant_error(e),
     };
@@ -529,12 +537,12 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response
     }
 }
 
-async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn introspect(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     let form = match params(&body) {
         Ok(f) => f,
         Err(e) => return oauth_error(e),
     };
-    let client = match client_auth(&state, &headers, &form).await {
+    let client = match client_auth(&state, &caller, "introspect", &headers, &form).await {
         Ok(c) if c.client_type == ClientType::Confidential => c,
         Ok(_) => return oauth_error(OAuthError::invalid_client()),
         Err(e) => return grant_error(e),
@@ -548,12 +556,12 @@ async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Byt
     }
 }
 
-async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn revoke(State(state): State<AppState>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     let form = match params(&body) {
         Ok(f) => f,
         Err(e) => return oauth_error(e),
     };
-    let client = match client_auth(&state, &headers, &form).await {
+    let client = match client_auth(&state, &caller, "revoke", &headers, &form).await {
         Ok(c) => c,
         Err(e) => return grant_error(e),
     };
@@ -622,7 +630,7 @@ async fn device_authorization(
         Ok(f) => f,
         Err(e) => return oauth_error(e),
     };
-    let client = match client_auth(&state, &headers, &form).await {
+    let client = match client_auth(&state, &caller, "device", &headers, &form).await {
         Ok(c) => c,
         Err(e) => return grant_error(e),
     };

@@ -8,6 +8,7 @@
 //! user's id (`<user>.<random>`), so a replayed, already used secret can still be recognised
 //! among the user's tokens and its whole family revoked.
 
+pub mod assertion;
 pub mod backchannel;
 pub mod claims;
 pub mod device;
@@ -27,10 +28,11 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::error::{CoreError, Result};
 use crate::keys::{hash_secret, random_secret};
-use crate::model::{Application, Change, Provider, Token, TokenKind, User};
+use crate::model::{Application, Change, FlowStateRecord, Provider, Token, TokenKind, User};
 use crate::signing::Signing;
 use crate::store::Store;
 use crate::user_cache::UserCache;
+use assertion::{AssertionError, AuthMethod, ClientJwks};
 
 /// Codes live this long.
 pub const CODE_TTL_SECS: i64 = 60;
@@ -126,6 +128,11 @@ pub struct Client {
     pub claim_mappings: Vec<claims::ClaimMapping>,
     /// Where back-channel logout tokens are POSTed (OIDC Back-Channel Logout 1.0).
     pub backchannel_logout_uri: Option<String>,
+    /// Public keys for `private_key_jwt` client authentication.
+    pub jwks: Option<ClientJwks>,
+    /// The one way this client may authenticate; unset: its secret (Basic or in the body),
+    /// or `private_key_jwt` when it has keys.
+    pub auth_method: Option<AuthMethod>,
 }
 
 impl Client {
@@ -143,7 +150,19 @@ impl Client {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
         let claim_mappings = claims::load(&provider.name, c);
+        // Validated on write; a setting that no longer parses (hand-edited database) leaves the
+        // client without keys rather than without a provider.
+        let jwks = c.get("jwks").filter(|v| !v.is_null()).and_then(|v| match assertion::parse_jwks(v) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, error = %e, "the provider's jwks is unusable; private_key_jwt is off");
+                None
+            }
+        });
+        let auth_method = s("token_endpoint_auth_method").as_deref().and_then(AuthMethod::parse);
         Some(Client {
+            jwks,
+            auth_method,
             claim_mappings,
             backchannel_logout_uri: s("backchannel_logout_uri"),
             client_id,
@@ -239,6 +258,17 @@ pub struct TokenResponse {
     /// Whom the tokens were issued for (none for client credentials), for the audit log.
     #[serde(skip)]
     pub user: Option<(Uuid, String)>,
+}
+
+/// The client credentials a back-channel request carries, as the web layer found them.
+#[derive(Debug, Default)]
+pub struct ClientCredentials<'a> {
+    /// HTTP Basic, decoded: the client id and its secret.
+    pub basic: Option<(String, Option<String>)>,
+    pub client_id: Option<&'a str>,
+    pub client_secret: Option<&'a str>,
+    pub client_assertion_type: Option<&'a str>,
+    pub client_assertion: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -352,6 +382,112 @@ impl OAuth {
 
     pub async fn client_by_slug(&self, slug: &str) -> Result<Option<Client>> {
         Ok(self.clients().await?.iter().find(|c| c.app.slug == slug).cloned())
+    }
+
+    /// The client a back-channel request (token, introspection, revocation, device
+    /// authorization) authenticates as, by exactly one method: HTTP Basic, `client_secret` in
+    /// the body, a `private_key_jwt` assertion, or (public clients) none. `origin` and
+    /// `endpoint` (`token`, `introspect`…) give the URLs an assertion may name as its audience.
+    pub async fn authenticate_client(
+        &self,
+        creds: &ClientCredentials<'_>,
+        origin: &str,
+        endpoint: &str,
+    ) -> GrantResult<Client> {
+        if creds.client_assertion.is_some() || creds.client_assertion_type.is_some() {
+            return self.authenticate_assertion(creds, origin, endpoint).await;
+        }
+        let (id, secret, method) = match &creds.basic {
+            Some((id, secret)) => {
+                if creds.client_secret.is_some() {
+                    return Err(OAuthError::invalid_request("Use one client authentication method, not two.").into());
+                }
+                if creds.client_id.is_some_and(|c| c != id) {
+                    return Err(OAuthError::invalid_request("client_id differs from the authenticated client.").into());
+                }
+                (id.as_str(), secret.as_deref(), AuthMethod::ClientSecretBasic)
+            }
+            None => {
+                let id = creds.client_id.ok_or_else(OAuthError::invalid_client)?;
+                let method =
+                    if creds.client_secret.is_some() { AuthMethod::ClientSecretPost } else { AuthMethod::None };
+                (id, creds.client_secret, method)
+            }
+        };
+        // The method is checked first so that the log says why a client set to one method is
+        // refused when it tries another.
+        if let Some(client) = self.client_by_id(id).await? {
+            let allowed = match client.auth_method {
+                None => true,
+                Some(only) => only == method,
+            };
+            if !allowed {
+                tracing::warn!(
+                    client = %client.client_id,
+                    used = method.as_str(),
+                    configured = client.auth_method.map(AuthMethod::as_str).unwrap_or("-"),
+                    "client authentication refused: not the client's token_endpoint_auth_method"
+                );
+                return Err(OAuthError::invalid_client().into());
+            }
+        }
+        self.authenticate(id, secret).await
+    }
+
+    async fn authenticate_assertion(
+        &self,
+        creds: &ClientCredentials<'_>,
+        origin: &str,
+        endpoint: &str,
+    ) -> GrantResult<Client> {
+        if creds.basic.is_some() || creds.client_secret.is_some() {
+            return Err(OAuthError::invalid_request("Use one client authentication method, not two.").into());
+        }
+        if creds.client_assertion_type != Some(assertion::ASSERTION_TYPE) {
+            return Err(OAuthError::invalid_request(format!(
+                "client_assertion_type must be {}.",
+                assertion::ASSERTION_TYPE
+            ))
+            .into());
+        }
+        let Some(jwt) = creds.client_assertion else {
+            return Err(OAuthError::invalid_request("The client_assertion parameter is missing.").into());
+        };
+        let claimed = creds.client_id.map(String::from).or_else(|| assertion::claimed_client(jwt));
+        let refused = |client: &str, reason: &dyn std::fmt::Display| {
+            tracing::warn!(client = %client.chars().take(100).collect::<String>(), reason = %reason, "private_key_jwt client authentication refused");
+            GrantError::from(OAuthError::invalid_client())
+        };
+        let Some(id) = claimed else { return Err(refused("-", &"the assertion names no client")) };
+        let Some(client) = self.client_by_id(&id).await? else {
+            return Err(refused(&id, &"no such client"));
+        };
+        if client.auth_method.is_some_and(|m| m != AuthMethod::PrivateKeyJwt) {
+            return Err(refused(&id, &"the client's token_endpoint_auth_method is not private_key_jwt"));
+        }
+        let now = self.clock.now();
+        let o = origin.trim_end_matches('/');
+        let audiences =
+            [format!("{o}/application/o/token/"), client.issuer(o), format!("{o}/application/o/{endpoint}/")];
+        let checked = client
+            .jwks
+            .as_ref()
+            .ok_or(AssertionError::NoJwks)
+            .and_then(|keys| keys.verify(jwt))
+            .and_then(|claims| assertion::check_claims(&claims, &client.client_id, &audiences, now.timestamp()))
+            .map_err(|e| refused(&id, &e))?;
+        // The jti is single-use until exp, across every instance sharing the store: the first
+        // insert of its marker wins.
+        let marker = hex::encode(Sha256::digest(format!("{}\n{}", client.client_id, checked.jti).as_bytes()));
+        let record = FlowStateRecord {
+            key: format!("client_assertion:{marker}"),
+            data: json!({ "client_id": client.client_id }),
+            expires_at: chrono::DateTime::from_timestamp(checked.exp, 0).unwrap_or(now),
+        };
+        if !self.store.insert_flow_state(&record, now).await.map_err(CoreError::from_store)? {
+            return Err(refused(&id, &AssertionError::Replayed));
+        }
+        Ok(client)
     }
 
     /// The client a token-endpoint request authenticates as. `secret: None` is only good for

@@ -74,6 +74,13 @@ pub struct ProviderObject {
     pub scopes: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub refresh_token_validity: Option<Value>,
+    /// oauth2: the client's public keys (a JWKS: `{"keys": [...]}`, RSA ≥ 2048 bits, EC P-256/P-384
+    /// or Ed25519; public parameters only) for `private_key_jwt` client authentication.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<Value>,
+    /// oauth2: `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `none`, the only
+    /// method then accepted; unset: the secret either way, or `private_key_jwt` when `jwks` is set.
+    pub token_endpoint_auth_method: Option<String>,
     /// ldap
     pub base_dn: Option<String>,
     pub bind_flow: Option<String>,

@@ -463,3 +463,45 @@ impl Drop for SmtpServer {
         self.stop();
     }
 }
+
+/// A client's key pair for `private_key_jwt`: the private key as PKCS#8 PEM (what jose,
+/// authlib and jsonwebtoken read), the public key as a JWK (what the provider registers).
+pub struct ClientKey {
+    pub pem: String,
+    pub jwk: serde_json::Value,
+    pub kid: String,
+}
+
+/// A fresh P-256 (ES256) client key.
+pub fn es256_client_key(kid: &str) -> ClientKey {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+    // The uncompressed point: 0x04 ‖ x ‖ y.
+    let point = pair.public_key_raw();
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    });
+    ClientKey { pem: pair.serialize_pem(), jwk, kid: kid.to_string() }
+}
+
+impl ClientKey {
+    /// A client assertion with these claims, signed ES256 with this key (header `kid` set).
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes()).expect("EC PEM");
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key).expect("sign")
+    }
+
+    /// `{"keys": [<this key>]}`.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.jwk] })
+    }
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

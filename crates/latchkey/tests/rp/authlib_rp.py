@@ -1,6 +1,6 @@
 """A relying party built on authlib, driven by the Rust end-to-end tests (suite/oidc.rs).
 
-    authlib_rp.py MODE BASE SLUG CLIENT_ID CLIENT_SECRET|- REDIRECT_URI USERNAME PASSWORD
+    authlib_rp.py MODE BASE SLUG CLIENT_ID CLIENT_SECRET|KEY_FILE|- REDIRECT_URI USERNAME PASSWORD
 
 MODE is one of
   full            discovery, authorization code + PKCE (login and consent answered through
@@ -13,6 +13,10 @@ MODE is one of
   bad_secret      a wrong client secret gets 401 invalid_client
   client_credentials  a confidential client gets an access token for itself
   device          device authorization (RFC 8628): pending, the user approves at /if/device/, tokens once
+  keygen          writes a new RSA private key (PEM) to KEY_FILE and prints its public JWK
+  private_key_jwt the client authenticates with authlib's PrivateKeyJWT (RS256, the key in
+                  KEY_FILE): client credentials, code + PKCE, refresh, introspection (the
+                  assertion's aud then the introspection endpoint), and a replayed assertion
 Prints one JSON object with what it saw; exits non-zero when a check fails.
 """
 
@@ -291,5 +295,63 @@ def device():
     out["again"] = poll().json().get("error")
 
 
-{"device": device, "client_credentials": client_credentials, "full": full, "wrong_redirect": wrong_redirect, "pkce_plain": pkce_plain, "denied": denied, "bad_secret": bad_secret}[MODE]()
+def keygen():
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048)
+    with open(SECRET, "w") as f:
+        f.write(key.as_pem(private=True).decode())
+    out["jwk"] = key.as_dict(private=False)
+
+
+def private_key_jwt():
+    from authlib.oauth2.rfc7523 import PrivateKeyJWT, private_key_jwt_sign
+    from joserfc.jwk import RSAKey
+
+    meta = discover()
+    check("private_key_jwt" in meta["token_endpoint_auth_methods_supported"], "private_key_jwt advertised")
+    check("RS256" in meta["token_endpoint_auth_signing_alg_values_supported"], "RS256 advertised")
+    with open(SECRET) as f:
+        key = RSAKey.import_key(f.read())
+    keys = JsonWebKey.import_key_set(requests.get(meta["jwks_uri"]).json())
+
+    def session(audience, **kw):
+        s = OAuth2Session(CLIENT_ID, key, token_endpoint_auth_method="private_key_jwt", revocation_endpoint_auth_method="private_key_jwt", **kw)
+        # audience None: authlib puts the URL it is calling in aud.
+        s.register_client_auth_method(PrivateKeyJWT(audience))
+        return s
+
+    # authlib's defaults: RS256, an assertion valid for an hour, no client_id in the body.
+    cc = session(meta["token_endpoint"], scope="openid profile").fetch_token(meta["token_endpoint"], grant_type="client_credentials")
+    claims = jwt.decode(cc["access_token"], keys)
+    claims.validate()
+    out["client_credentials_sub"] = claims["sub"]
+
+    browser = requests.Session()
+    client = session(meta["token_endpoint"], scope=SCOPE, redirect_uri=REDIRECT_URI, code_challenge_method="S256")
+    result, verifier, nonce, state = authorize(meta, browser, client)
+    check(result[0] == "callback", f"no code: {result}")
+    token = client.fetch_token(meta["token_endpoint"], authorization_response=result[1], code_verifier=verifier)
+    id_token = jwt.decode(token["id_token"], keys, claims_cls=CodeIDToken, claims_params={"nonce": nonce, "client_id": CLIENT_ID})
+    id_token.validate(leeway=5)
+    out["id_token_username"] = id_token["preferred_username"]
+    refreshed = client.refresh_token(meta["token_endpoint"], refresh_token=token["refresh_token"])
+    out["refreshed"] = refreshed["refresh_token"] != token["refresh_token"]
+
+    intro = session(None).introspect_token(meta["introspection_endpoint"], token=refreshed["access_token"])
+    out["introspect"] = [intro.status_code, intro.json().get("active")]
+
+    # One assertion, sent twice: the second is a replay.
+    assertion = private_key_jwt_sign(key, CLIENT_ID, meta["token_endpoint"], alg="RS256")
+    body = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+    first = requests.post(meta["token_endpoint"], data=body)
+    again = requests.post(meta["token_endpoint"], data=body)
+    out["replay"] = [first.status_code, again.status_code, again.json().get("error"), again.headers.get("WWW-Authenticate")]
+
+
+{"keygen": keygen, "private_key_jwt": private_key_jwt, "device": device, "client_credentials": client_credentials, "full": full, "wrong_redirect": wrong_redirect, "pkce_plain": pkce_plain, "denied": denied, "bad_secret": bad_secret}[MODE]()
 print(json.dumps(out))

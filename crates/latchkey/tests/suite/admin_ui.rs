@@ -4,12 +4,14 @@
 //! tiles; and the setup walkthrough in real headless Chromium.
 
 use crate::common::*;
+use serde_json::{json, Value};
 
 on_both_backends!(
     admin_pages_render_for_superusers_only,
     admin_forms_refuse_bad_input,
     portal_shows_permitted_tiles_and_manages_sessions,
     admin_walkthrough_in_a_real_browser,
+    admin_provider_form_keeps_client_keys,
 );
 
 /// The value of the first hidden field `name` in `html`.
@@ -488,5 +490,72 @@ async fn admin_walkthrough_in_a_real_browser(env: Env) {
     assert!(shown.contains("alice@example.test") && shown.contains("admins"), "{shown}");
     let taken = std::fs::read_dir(&shots).unwrap().count();
     assert!(taken >= 15, "only {taken} screenshots in {}", shots.display());
+    server.stop();
+}
+
+/// The provider form does not show `jwks` or `token_endpoint_auth_method` (set through a
+/// blueprint or the API); saving the form keeps them, so the client can still sign in.
+async fn admin_provider_form_keeps_client_keys(env: Env) {
+    env.create_user("root", "root-password", &["--group", "admins"]);
+    let key = es256_client_key("k1");
+    let yaml = format!(
+        "providers:\n  - name: Backups\n    type: oauth2\n    client_id: backups\n    token_endpoint_auth_method: private_key_jwt\n    jwks: '{}'\n    redirect_uris: [\"https://backups.example.test/cb\"]\napplications:\n  - name: Backups\n    slug: backups\n    provider: Backups\n",
+        key.jwks()
+    );
+    let path = env.dir.path().join("keys.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    let token = env.cli_ok(&["token", "create", "--user", "root"], "").trim().to_string();
+    let server = env.start().await;
+    let base = server.base.clone();
+    let api = client();
+    let view = |api: reqwest::Client, token: String, base: String| async move {
+        let r = api.get(format!("{base}/api/v1/providers/?search=Backups")).bearer_auth(token).send().await.unwrap();
+        r.json::<Value>().await.unwrap()["results"][0].clone()
+    };
+    let before = view(api.clone(), token.clone(), base.clone()).await;
+    let id = before["id"].as_str().unwrap().to_string();
+
+    let root = logged_in(&base, "root", "root-password").await;
+    let edit = format!("{base}/if/admin/providers/{id}/");
+    let (status, html) = page(&root, &edit).await;
+    assert_eq!(status, 200, "{html}");
+    let version = hidden(&html, "version");
+    let (status, _, html) = submit(
+        &root,
+        &edit,
+        &edit,
+        &[
+            ("authorization_flow", "default-provider-authorization-implicit-consent"),
+            ("client_type", "confidential"),
+            ("client_id", "backups"),
+            ("client_secret", ""),
+            ("redirect_uris", "https://backups.example.test/cb\nhttps://backups.example.test/cb2"),
+            ("version", &version),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{html}");
+    let after = view(api.clone(), token, base.clone()).await;
+    assert_eq!(after["redirect_uris"].as_array().map(Vec::len), Some(2), "{after}");
+    assert_eq!(after["jwks"], key.jwks(), "{after}");
+    assert_eq!(after["token_endpoint_auth_method"], "private_key_jwt");
+    assert!(after["client_secret"].is_null(), "no secret was made up: {after}");
+
+    let token_url = format!("{base}/application/o/token/");
+    let now = unix_now();
+    let assertion =
+        key.sign(&json!({"iss": "backups", "sub": "backups", "aud": token_url, "exp": now + 60, "jti": "after-save"}));
+    let r = api
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", &assertion),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     server.stop();
 }

@@ -8,6 +8,7 @@ on_both_backends!(
     oidc_openid_client_full_round_trip,
     oidc_openid_client_public_client_and_error_cases,
     oidc_signing_keys_rotate_with_overlap,
+    oidc_openid_client_private_key_jwt,
 );
 
 const REDIRECT: &str = "http://rp.example.test/oauth/callback";
@@ -190,6 +191,53 @@ async fn oidc_openid_client_public_client_and_error_cases(env: Env) {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    server.stop();
+}
+
+async fn oidc_openid_client_private_key_jwt(env: Env) {
+    env.create_user("alice", "alice-password", &["--email", "alice@example.test", "--name", "Alice Example"]);
+    let key = es256_client_key("backup-2025");
+    // The JWKS as JSON text in a YAML string, as it is pasted from a key tool.
+    let yaml = format!(
+        r#"
+providers:
+  - name: Backups
+    type: oauth2
+    client_type: confidential
+    client_id: backups
+    token_endpoint_auth_method: private_key_jwt
+    jwks: '{jwks}'
+    redirect_uris: ["{REDIRECT}"]
+applications:
+  - name: Backups
+    slug: backups
+    provider: Backups
+"#,
+        jwks = key.jwks()
+    );
+    let path = env.dir.path().join("pkjwt.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    let server = env.start().await;
+    let port = free_port().to_string();
+    let out =
+        rp("private_key_jwt", &server.base, "backups", "backups", "-", &[port, key.pem.clone(), key.kid.clone()]).await;
+    assert!(out["auth_methods"].as_array().unwrap().contains(&json!("private_key_jwt")), "{out}");
+    assert!(out["auth_signing_algs"].as_array().unwrap().contains(&json!("ES256")), "{out}");
+    assert!(!out["auth_signing_algs"].as_array().unwrap().iter().any(|a| a == "none" || a == "HS256"), "{out}");
+    assert_eq!(out["id_token"]["preferred_username"], "alice", "{out}");
+    assert_eq!(out["refreshed"], true, "{out}");
+    assert_eq!(out["refreshed_sub"], out["id_token"]["sub"]);
+    assert_eq!(out["client_credentials_sub"], "backups", "{out}");
+    assert_eq!(out["introspect"], true, "{out}");
+    assert_eq!(out["refresh_after_revoke"]["error"], "invalid_grant", "{out}");
+    assert_eq!(out["secret_refused"]["status"], 401, "{out}");
+    assert_eq!(out["unknown_key"]["status"], 401, "{out}");
+    // Each refusal is logged with its reason (the client only learns invalid_client).
+    let log = server.log_text();
+    assert!(log.contains("private_key_jwt client authentication refused"), "{log}");
+    assert!(log.contains("the signature does not verify"), "{log}");
+    assert!(log.contains("not the client's token_endpoint_auth_method"), "{log}");
     server.stop();
 }
 
