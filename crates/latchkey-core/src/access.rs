@@ -135,28 +135,35 @@ impl Access {
             return Ok(Decision { passing: false, messages: vec!["This account is disabled.".into()] });
         }
         let policy_user = PolicyUser::load(&self.groups, user).await?;
-        self.application_as(app, user, policy_user, facts).await
+        self.application_as(app, user, &policy_user, || facts).await
     }
 
     /// [`Access::application`] with the user's policy view already at hand (forward auth keeps
-    /// it in memory, so its per-request check makes no store query).
+    /// it in memory, so its per-request check makes no store query). The request facts are
+    /// only built when a binding will look at them.
     pub async fn application_as(
         &self,
         app: &Application,
         user: &User,
-        policy_user: PolicyUser,
-        facts: RequestFacts,
+        policy_user: &PolicyUser,
+        facts: impl FnOnce() -> RequestFacts,
     ) -> Result<Decision> {
         if !user.is_active {
             return Ok(Decision { passing: false, messages: vec!["This account is disabled.".into()] });
         }
+        let target = BindingTarget::Application(app.id);
+        let bindings = self.policies.bindings_for(target).await?;
+        // An application without bindings lets every user in (as `evaluate` would decide).
+        if !bindings.iter().any(|b| b.binding.enabled) {
+            return Ok(Decision { passing: true, messages: Vec::new() });
+        }
         let mut context = Map::new();
         context.insert("application".into(), json!(app.slug));
-        let mut req = PolicyRequest::new(Some(policy_user), self.clock.now());
-        req.request = facts;
+        let mut req = PolicyRequest::new(Some(policy_user.clone()), self.clock.now());
+        req.request = facts();
         req.context = context;
         let mode = EngineMode::parse(&app.policy_engine_mode).unwrap_or_default();
-        self.check(BindingTarget::Application(app.id), mode, &req).await
+        Ok(crate::policy::evaluate(&bindings, mode, &req, self.env.as_ref()).await)
     }
 
     /// The user's policy view (effective groups resolved through the store).
@@ -214,7 +221,7 @@ impl Access {
             }
         }
         match &application {
-            Some(app) => self.application_as(app, user, policy_user, facts).await,
+            Some(app) => self.application_as(app, user, &policy_user, || facts).await,
             None => Ok(Decision { passing: true, messages: Vec::new() }),
         }
     }

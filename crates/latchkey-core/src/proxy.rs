@@ -221,18 +221,6 @@ pub struct Proxy {
     users: UserCache,
     /// Hand-off codes already redeemed (one use each, on this instance).
     used: Cache<String, ()>,
-    /// JWTs handed to applications, per (session, provider): signing one per request would
-    /// cost more than the rest of the check.
-    jwts: Cache<(String, Uuid), Arc<CachedJwt>>,
-}
-
-/// A signed JWT and what it was made from: reused only while the identity is unchanged and
-/// more than half its lifetime remains.
-struct CachedJwt {
-    jwt: String,
-    fingerprint: String,
-    iat: i64,
-    exp: i64,
 }
 
 impl Proxy {
@@ -257,7 +245,6 @@ impl Proxy {
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(HANDOFF_TTL_SECS as u64 * 2))
                 .build(),
-            jwts: Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(3600)).build(),
         }
     }
 
@@ -298,8 +285,12 @@ impl Proxy {
     /// domain-mode provider that contains `host`. `None` when none does (or the table is
     /// unavailable): the cookie then stays host-only.
     pub async fn cookie_domain_for(&self, host: &str) -> Option<String> {
-        let url = Url::parse(&format!("http://{host}/")).ok()?;
         let table = self.table().await.ok()?;
+        // Asked on every request: without domain-mode providers there is nothing to parse.
+        if !table.providers.iter().any(|p| p.mode == ProxyMode::Domain) {
+            return None;
+        }
+        let url = Url::parse(&format!("http://{host}/")).ok()?;
         table
             .providers
             .iter()
@@ -414,7 +405,7 @@ impl Proxy {
             });
         }
         let Some(user) = self.user(subject.user().id).await? else { return Ok(Verdict::LoginNeeded) };
-        let facts = RequestFacts {
+        let facts = || RequestFacts {
             client_ip: req.client_ip.clone(),
             user_agent: req.user_agent.clone(),
             host: req.url.host_str().map(String::from),
@@ -422,7 +413,7 @@ impl Proxy {
             method: Some(req.method.clone()),
         };
         let policy_user = self.policy_user(&user).await?;
-        let decision = self.access.application_as(&provider.app, &user, (*policy_user).clone(), facts).await?;
+        let decision = self.access.application_as(&provider.app, &user, &policy_user, facts).await?;
         Ok(if decision.passing {
             Verdict::Allowed(subject)
         } else {
@@ -483,16 +474,6 @@ impl Proxy {
 
     /// The JWT cached for (`session`, its key hash; `provider`) if it was made from `fingerprint` (the
     /// identity it carries) and more than half of its lifetime remains.
-    pub fn cached_jwt(&self, session: &str, provider: Uuid, fingerprint: &str) -> Option<String> {
-        let now = self.now().timestamp();
-        let c = self.jwts.get(&(session.to_string(), provider))?;
-        (c.fingerprint == fingerprint && now >= c.iat && (c.exp - now) * 2 > c.exp - c.iat).then(|| c.jwt.clone())
-    }
-
-    pub fn cache_jwt(&self, session: &str, provider: Uuid, fingerprint: String, jwt: String, iat: i64, exp: i64) {
-        self.jwts.insert((session.to_string(), provider), Arc::new(CachedJwt { jwt, fingerprint, iat, exp }));
-    }
-
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

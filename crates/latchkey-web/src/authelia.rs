@@ -18,8 +18,8 @@
 //! Otherwise `next` goes through the outpost's one-time hand-off (`start`/`callback`), which
 //! needs `/outpost.goauthentik.io/` routed to Latchkey on the app's host.
 
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
@@ -71,20 +71,24 @@ fn method_or(headers: &HeaderMap, name: &str, fallback: &Method) -> WebResult<St
     Ok(m.to_ascii_uppercase())
 }
 
-async fn forward_auth(State(state): State<AppState>, caller: Caller, method: Method, headers: HeaderMap) -> Response {
+// The checks take the request itself rather than a `HeaderMap` extractor, which would copy
+// every header of every check.
+async fn forward_auth(State(state): State<AppState>, caller: Caller, req: Request) -> Response {
+    let (method, headers) = (req.method(), req.headers());
     let run = async {
-        let target = caddy_target(&headers)?;
-        let method = method_or(&headers, "X-Forwarded-Method", &method)?;
-        answer(&state, &caller, &headers, target, method, LoginAnswer::Redirect).await
+        let target = caddy_target(headers)?;
+        let method = method_or(headers, "X-Forwarded-Method", method)?;
+        answer(&state, &caller, headers, target, method, LoginAnswer::Redirect).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn auth_request(State(state): State<AppState>, caller: Caller, method: Method, headers: HeaderMap) -> Response {
+async fn auth_request(State(state): State<AppState>, caller: Caller, req: Request) -> Response {
+    let (method, headers) = (req.method(), req.headers());
     let run = async {
-        let target = parse_url(required(&headers, "X-Original-URL")?, "X-Original-URL")?;
-        let method = method_or(&headers, "X-Original-Method", &method)?;
-        answer(&state, &caller, &headers, target, method, LoginAnswer::Unauthorized).await
+        let target = parse_url(required(headers, "X-Original-URL")?, "X-Original-URL")?;
+        let method = method_or(headers, "X-Original-Method", method)?;
+        answer(&state, &caller, headers, target, method, LoginAnswer::Unauthorized).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -116,16 +120,12 @@ async fn verify(
 
 /// Envoy's `ext_authz` (HTTP service): the original request arrives as is, its path appended
 /// to `/api/authz/ext-authz`, its host in `Host`.
-async fn ext_authz(
-    State(state): State<AppState>,
-    caller: Caller,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn ext_authz(State(state): State<AppState>, caller: Caller, req: Request) -> Response {
+    // Borrowed parts, not `&req`: the body inside the request is not `Sync`.
+    let (method, uri, headers) = (req.method(), req.uri(), req.headers());
     let run = async {
-        let target = envoy_target_under(EXT_AUTHZ, &uri, &headers)?;
-        answer(&state, &caller, &headers, target, method.as_str().to_string(), LoginAnswer::Redirect).await
+        let target = envoy_target_under(EXT_AUTHZ, uri, headers)?;
+        answer(&state, &caller, headers, target, method.as_str().to_string(), LoginAnswer::Redirect).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }

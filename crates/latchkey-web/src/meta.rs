@@ -33,7 +33,8 @@ pub fn wants_html(req: &Request) -> bool {
 }
 
 pub async fn middleware(req: Request, next: Next) -> Response {
-    let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    // 62 random bits (the half of a v4 UUID that holds no version field), as 16 hex digits.
+    let id = format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().1);
     let meta = RequestMeta { id: id.clone(), html: wants_html(&req) };
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut response = META.scope(meta, next.run(req).instrument(span)).await;

@@ -14,8 +14,8 @@
 //! The proxy's cookie carries the very same session as Latchkey's own cookie, so a logout,
 //! revocation or password change ends both at once.
 
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -23,8 +23,10 @@ use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use latchkey_core::proxy::{ForwardedRequest, ProxyMode, ProxyProvider, Subject, Verdict};
 use serde::Deserialize;
 use serde_json::json;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use url::Url;
+use uuid::Uuid;
 
 use crate::error::{WebError, WebResult};
 use crate::flows::{found, login_url};
@@ -35,20 +37,68 @@ const PREFIX: &str = "/outpost.goauthentik.io";
 /// Forwarded headers longer than this are refused (no legitimate URL or host is near it).
 const MAX_HEADER: usize = 8 * 1024;
 
-/// Identity headers, capitalised as authentik sends them (proxies match them by name).
+/// Identity headers, as authentik names them (`X-Authentik-Username`…). Header names are
+/// case-insensitive and HTTP/1.1 writes them lower-cased; proxies match them by name.
 const IDENTITY_HEADERS: [&str; 11] = [
-    "X-Authentik-Username",
-    "X-Authentik-Groups",
-    "X-Authentik-Email",
-    "X-Authentik-Name",
-    "X-Authentik-Uid",
-    "X-Authentik-Jwt",
-    "X-Authentik-Meta-Jwks",
-    "X-Authentik-Meta-Outpost",
-    "X-Authentik-Meta-Provider",
-    "X-Authentik-Meta-App",
-    "X-Authentik-Meta-Version",
+    "x-authentik-username",
+    "x-authentik-groups",
+    "x-authentik-email",
+    "x-authentik-name",
+    "x-authentik-uid",
+    "x-authentik-jwt",
+    "x-authentik-meta-jwks",
+    "x-authentik-meta-outpost",
+    "x-authentik-meta-provider",
+    "x-authentik-meta-app",
+    "x-authentik-meta-version",
 ];
+
+/// The identity answers of recent checks, per (session or credential, provider): the JWT is
+/// signed and the header values are built once, then copied into each answer while the
+/// identity is unchanged and more than half the JWT's lifetime remains. Signing per request
+/// would cost more than the rest of the check.
+pub struct IdentityCache {
+    entries: moka::sync::Cache<(u64, Uuid), Arc<PreparedIdentity>>,
+    hasher: RandomState,
+}
+
+struct PreparedIdentity {
+    /// The subject's cache key: the map is keyed by its hash, a hit must be exact.
+    subject: String,
+    /// Hash of everything the headers say.
+    fingerprint: u64,
+    iat: i64,
+    exp: i64,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Default for IdentityCache {
+    fn default() -> Self {
+        IdentityCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(3600))
+                .build(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl IdentityCache {
+    fn key(&self, subject: &str, provider: Uuid) -> (u64, Uuid) {
+        (self.hasher.hash_one(subject), provider)
+    }
+
+    fn get(&self, subject: &str, provider: Uuid, fingerprint: u64, now: i64) -> Option<Arc<PreparedIdentity>> {
+        let c = self.entries.get(&self.key(subject, provider))?;
+        let fresh = now >= c.iat && (c.exp - now) * 2 > c.exp - c.iat;
+        (c.subject == subject && c.fingerprint == fingerprint && fresh).then_some(c)
+    }
+
+    fn insert(&self, provider: Uuid, prepared: Arc<PreparedIdentity>) {
+        self.entries.insert(self.key(&prepared.subject, provider), prepared);
+    }
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -165,38 +215,37 @@ pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-async fn auth_caddy(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Response {
-    let target = match caddy_target(&headers) {
+// The checks take the request itself rather than a `HeaderMap` extractor, which would copy
+// every header of every check.
+async fn auth_caddy(State(state): State<AppState>, caller: Caller, req: Request) -> Response {
+    let headers = req.headers();
+    let target = match caddy_target(headers) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let method = forwarded(&headers, "X-Forwarded-Method").ok().flatten().unwrap_or("GET").to_string();
-    check(&state, &caller, &headers, target, method, false).await.unwrap_or_else(IntoResponse::into_response)
+    let method = forwarded(headers, "X-Forwarded-Method").ok().flatten().unwrap_or("GET").to_string();
+    check(&state, &caller, headers, target, method, false).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn auth_nginx(State(state): State<AppState>, caller: Caller, headers: HeaderMap) -> Response {
-    let target = match nginx_target(&headers) {
+async fn auth_nginx(State(state): State<AppState>, caller: Caller, req: Request) -> Response {
+    let headers = req.headers();
+    let target = match nginx_target(headers) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let method = forwarded(&headers, "X-Original-Method").ok().flatten().unwrap_or("GET").to_string();
-    check(&state, &caller, &headers, target, method, true).await.unwrap_or_else(IntoResponse::into_response)
+    let method = forwarded(headers, "X-Original-Method").ok().flatten().unwrap_or("GET").to_string();
+    check(&state, &caller, headers, target, method, true).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Envoy's `ext_authz` HTTP service with `path_prefix: /outpost.goauthentik.io/auth/envoy`: the
 /// original request's method, path (appended to the prefix) and `Host` arrive as they are.
-async fn auth_envoy(
-    State(state): State<AppState>,
-    caller: Caller,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let target = match envoy_target(&uri, &headers) {
+async fn auth_envoy(State(state): State<AppState>, caller: Caller, req: Request) -> Response {
+    let headers = req.headers();
+    let target = match envoy_target(req.uri(), headers) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    check(&state, &caller, &headers, target, method.as_str().to_string(), false)
+    check(&state, &caller, headers, target, req.method().as_str().to_string(), false)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -245,12 +294,12 @@ pub(crate) async fn verdict(
     };
     // The proxy's own cookie first, then Latchkey's (which the `Caller` extractor already
     // validated). Both usually carry the same sealed value: validate only what differs.
-    let proxy_cookie = caller.jar.get(&provider.cookie_name()).map(|c| c.value().to_string());
+    let proxy_cookie = caller.jar.get(&provider.cookie_name()).map(|c| c.value());
     let session = match proxy_cookie {
-        Some(v) if Some(&v) != caller.session_cookie().as_ref() => state
+        Some(v) if Some(v) != caller.jar.get(SESSION_COOKIE).map(|c| c.value()) => state
             .core
             .sessions
-            .validate(&v)
+            .validate(v)
             .await
             .map_err(|e| WebError::from(e).into_response())?
             .or_else(|| caller.session.clone()),
@@ -304,7 +353,7 @@ async fn check(
             // Empty identity headers: a proxy copying them overwrites anything the client forged.
             let mut out = StatusCode::OK.into_response();
             for h in IDENTITY_HEADERS {
-                out.headers_mut().insert(name(h), HeaderValue::from_static(""));
+                out.headers_mut().insert(HeaderName::from_static(h), HeaderValue::from_static(""));
             }
             Ok(out)
         }
@@ -331,15 +380,16 @@ async fn identity(
 ) -> WebResult<Response> {
     let user = subject.user();
     let base = login_base(state, provider, caller);
-    let proxy = &state.core.proxy;
-    // Everything the JWT says, so a cached one is reused only for an unchanged identity.
-    let fingerprint =
-        serde_json::to_string(&(&base, &user.username, &user.email, &user.name, &user.groups, provider.token_validity))
-            .unwrap_or_default();
-    let jwt = match proxy.cached_jwt(subject.cache_key(), provider.id, &fingerprint) {
-        Some(jwt) => jwt,
+    let cache = &state.identities;
+    let fingerprint = cache.hasher.hash_one((
+        &base,
+        (&user.username, &user.email, &user.name, &user.groups),
+        (&provider.name, &provider.outpost, &provider.app.slug, provider.token_validity),
+    ));
+    let now = state.core.proxy.now().timestamp();
+    let prepared = match cache.get(subject.cache_key(), provider.id, fingerprint, now) {
+        Some(p) => p,
         None => {
-            let now = proxy.now().timestamp();
             let exp = now + provider.token_validity;
             let claims = json!({
                 "iss": format!("{base}/application/o/{}/", provider.app.slug),
@@ -353,36 +403,44 @@ async fn identity(
                 "groups": user.groups,
             });
             let jwt = state.core.signing.sign(&claims).await?;
-            proxy.cache_jwt(subject.cache_key(), provider.id, fingerprint, jwt.clone(), now, exp);
-            jwt
+            let values = [
+                user.username.clone(),
+                user.groups.join("|"),
+                user.email.clone().unwrap_or_default(),
+                user.name.clone(),
+                user.id.to_string(),
+                jwt,
+                format!("{base}{PREFIX}/jwks/"),
+                provider.outpost.clone(),
+                provider.name.clone(),
+                provider.app.slug.clone(),
+                format!("latchkey/{}", env!("CARGO_PKG_VERSION")),
+            ];
+            let headers = IDENTITY_HEADERS
+                .iter()
+                .zip(values)
+                .map(|(h, v)| (HeaderName::from_static(h), header_value(&v)))
+                .collect();
+            let p = Arc::new(PreparedIdentity {
+                subject: subject.cache_key().to_string(),
+                fingerprint,
+                iat: now,
+                exp,
+                headers,
+            });
+            cache.insert(provider.id, Arc::clone(&p));
+            p
         }
     };
-    let values = [
-        user.username.clone(),
-        user.groups.join("|"),
-        user.email.clone().unwrap_or_default(),
-        user.name.clone(),
-        user.id.to_string(),
-        jwt,
-        format!("{base}{PREFIX}/jwks/"),
-        provider.outpost.clone(),
-        provider.name.clone(),
-        provider.app.slug.clone(),
-        format!("latchkey/{}", env!("CARGO_PKG_VERSION")),
-    ];
     let mut out = StatusCode::OK.into_response();
-    for (h, value) in IDENTITY_HEADERS.iter().zip(values) {
-        out.headers_mut().insert(name(h), header_value(&value));
+    let headers = out.headers_mut();
+    // Room for these and the security headers the router adds, so the map never regrows.
+    headers.reserve(prepared.headers.len() + 8);
+    for (name, value) in &prepared.headers {
+        headers.insert(name.clone(), value.clone());
     }
-    out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(out)
-}
-
-/// `HeaderName` from one of our constant names. Header names are case-insensitive and
-/// HTTP/1.1 writes them lower-cased; proxies match them by name whatever the case.
-fn name(h: &str) -> HeaderName {
-    // The names above are valid tokens, so the fallback is never taken.
-    HeaderName::from_bytes(h.as_bytes()).unwrap_or(header::WARNING)
 }
 
 #[derive(Deserialize)]

@@ -27,12 +27,14 @@ pub struct AppState {
     pub core: Arc<Core>,
     pub config: Arc<WebConfig>,
     pub templates: Arc<Templates>,
+    /// Prepared forward-auth identity answers.
+    pub identities: Arc<crate::outpost::IdentityCache>,
 }
 
 impl AppState {
     pub fn new(core: Arc<Core>, config: WebConfig) -> Self {
         let templates = Arc::new(Templates::new(config.template_dir.clone()));
-        AppState { core, config: Arc::new(config), templates }
+        AppState { core, config: Arc::new(config), templates, identities: Arc::default() }
     }
 }
 

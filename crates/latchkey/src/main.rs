@@ -21,6 +21,11 @@ use std::time::Duration;
 
 use cli::{Cli, Command, ConfigCommand};
 
+/// A request allocates and frees many small objects on whichever worker thread runs it; glibc's
+/// allocator serialises those threads on its arena locks, mimalloc keeps per-thread heaps.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CLI commands wait this long for an unreachable database.
 const CLI_DATABASE_PATIENCE: Duration = Duration::from_secs(10);
 

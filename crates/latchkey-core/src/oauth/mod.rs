@@ -619,8 +619,10 @@ impl OAuth {
         self.tokens_for(client, &user, &grant, true).await
     }
 
-    async fn active_user(&self, id: Uuid) -> GrantResult<User> {
-        match self.store.get_user(id).await.map_err(CoreError::from_store)? {
+    /// The user from the shared cache (kept fresh by the change feed): a token request costs
+    /// no user read.
+    async fn active_user(&self, id: Uuid) -> GrantResult<Arc<User>> {
+        match self.users.user(id).await? {
             Some(u) if u.is_active => Ok(u),
             _ => Err(OAuthError::invalid_grant("The user is no longer active.").into()),
         }
