@@ -224,6 +224,27 @@ pub struct ProviderInput {
     pub mfa_support: bool,
 }
 
+/// The provider fields the admin form edits: one it leaves blank is cleared, every other one
+/// is kept when the form is saved.
+const PROVIDER_FORM_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "authorization_flow",
+    "mode",
+    "external_host",
+    "internal_host",
+    "cookie_domain",
+    "skip_path_regex",
+    "client_type",
+    "client_id",
+    "client_secret",
+    "redirect_uris",
+    "base_dn",
+    "bind_flow",
+    "search_group",
+    "mfa_support",
+];
+
 fn provider_entry(input: &ProviderInput) -> Result<Value> {
     let mut e = Map::new();
     let mut put = |k: &str, v: &str| {
@@ -317,12 +338,16 @@ pub async fn update_provider(
         }
     }
     let mut entry = provider_entry(&input)?;
-    if input.kind == "oauth2" {
-        // Settings the form does not show (set through the API or a blueprint) stay as they are:
-        // saving the form must not drop a client's keys.
-        for k in ["jwks", "token_endpoint_auth_method"] {
-            if let (Some(v), Some(e)) = (current.config.get(k), entry.as_object_mut()) {
-                e.insert(k.into(), v.clone());
+    // Settings the form does not show (claims, signing, access rules, keys… set through the
+    // API or a blueprint) stay as they are: the provider as the API shows it supplies them.
+    let shown = crate::objects::get(core, crate::objects::ObjectKind::Provider, id).await?;
+    if let (Some(shown), Some(e)) = (shown.as_object(), entry.as_object_mut()) {
+        for field in crate::objects::ObjectKind::Provider.entry_fields() {
+            if PROVIDER_FORM_FIELDS.contains(field) || e.contains_key(*field) {
+                continue;
+            }
+            if let Some(v) = shown.get(*field).filter(|v| !v.is_null()) {
+                e.insert(field.to_string(), v.clone());
             }
         }
     }

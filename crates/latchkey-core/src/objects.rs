@@ -95,7 +95,7 @@ impl ObjectKind {
     }
 
     /// Fields a client may send; the rest of a view (`id`, `created_at`…) is read-only.
-    fn entry_fields(self) -> &'static [&'static str] {
+    pub(crate) fn entry_fields(self) -> &'static [&'static str] {
         match self {
             ObjectKind::Application => &[
                 "name",
@@ -127,12 +127,18 @@ impl ObjectKind {
                 "sub_mode",
                 "scopes",
                 "refresh_token_validity",
+                "claims",
+                "backchannel_logout_uri",
                 "jwks",
                 "token_endpoint_auth_method",
+                "access_rules",
+                "jwt_federation_providers",
+                "intercept_header_auth",
                 "base_dn",
                 "bind_flow",
                 "search_group",
                 "mfa_support",
+                "anonymous_search",
             ],
             ObjectKind::Outpost => &["name", "type", "providers"],
             ObjectKind::Flow => &[

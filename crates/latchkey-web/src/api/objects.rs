@@ -61,6 +61,14 @@ pub struct ProviderObject {
     pub cookie_domain: Option<String>,
     pub internal_host: Option<String>,
     pub skip_path_regex: Option<String>,
+    /// proxy: ordered access rules (`name`, `domain`, `resources`, `methods`, `networks`,
+    /// `subject`, `policy`: bypass, one_factor, two_factor or deny).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub access_rules: Option<Value>,
+    /// proxy: OAuth2 providers (name or client_id) whose access tokens pass as Bearer.
+    pub jwt_federation_providers: Option<Vec<String>>,
+    /// proxy: whether `Authorization: Basic/Bearer` is checked when there is no session.
+    pub intercept_header_auth: Option<bool>,
     /// Seconds, or authentik's `minutes=5` when sent.
     #[schema(value_type = Option<Object>)]
     pub access_token_validity: Option<Value>,
@@ -74,6 +82,11 @@ pub struct ProviderObject {
     pub scopes: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub refresh_token_validity: Option<Value>,
+    /// oauth2: extra claims from CEL expressions (`name`, `expression`, optional `scope`).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub claims: Option<Value>,
+    /// oauth2: where back-channel logout tokens are POSTed.
+    pub backchannel_logout_uri: Option<String>,
     /// oauth2: the client's public keys (a JWKS: `{"keys": [...]}`, RSA ≥ 2048 bits, EC P-256/P-384
     /// or Ed25519; public parameters only) for `private_key_jwt` client authentication.
     #[schema(value_type = Option<Object>)]
@@ -86,6 +99,8 @@ pub struct ProviderObject {
     pub bind_flow: Option<String>,
     pub search_group: Option<String>,
     pub mfa_support: Option<bool>,
+    /// ldap: whether anonymous binds may search.
+    pub anonymous_search: Option<bool>,
     /// Slug of the application using this provider (read-only).
     pub assigned_application: Option<String>,
     pub created_at: DateTime<Utc>,

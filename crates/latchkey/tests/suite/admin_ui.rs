@@ -11,7 +11,7 @@ on_both_backends!(
     admin_forms_refuse_bad_input,
     portal_shows_permitted_tiles_and_manages_sessions,
     admin_walkthrough_in_a_real_browser,
-    admin_provider_form_keeps_client_keys,
+    admin_provider_form_and_api_keep_settings_they_do_not_show,
 );
 
 /// The value of the first hidden field `name` in `html`.
@@ -493,13 +493,14 @@ async fn admin_walkthrough_in_a_real_browser(env: Env) {
     server.stop();
 }
 
-/// The provider form does not show `jwks` or `token_endpoint_auth_method` (set through a
-/// blueprint or the API); saving the form keeps them, so the client can still sign in.
-async fn admin_provider_form_keeps_client_keys(env: Env) {
+/// The provider form does not show `jwks`, `token_endpoint_auth_method`, the signing algorithm,
+/// claims or the back-channel logout URI (set through a blueprint or the API); saving the form,
+/// or patching one field through the API, keeps them, so the client can still sign in.
+async fn admin_provider_form_and_api_keep_settings_they_do_not_show(env: Env) {
     env.create_user("root", "root-password", &["--group", "admins"]);
     let key = es256_client_key("k1");
     let yaml = format!(
-        "providers:\n  - name: Backups\n    type: oauth2\n    client_id: backups\n    token_endpoint_auth_method: private_key_jwt\n    jwks: '{}'\n    redirect_uris: [\"https://backups.example.test/cb\"]\napplications:\n  - name: Backups\n    slug: backups\n    provider: Backups\n",
+        "providers:\n  - name: Backups\n    type: oauth2\n    client_id: backups\n    token_endpoint_auth_method: private_key_jwt\n    jwks: '{}'\n    redirect_uris: [\"https://backups.example.test/cb\"]\n    signing_alg: ES256\n    sub_mode: user_username\n    access_token_validity: minutes=7\n    backchannel_logout_uri: https://backups.example.test/logout\n    claims:\n      - name: tier\n        expression: \"'gold'\"\napplications:\n  - name: Backups\n    slug: backups\n    provider: Backups\n",
         key.jwks()
     );
     let path = env.dir.path().join("keys.yaml");
@@ -536,11 +537,31 @@ async fn admin_provider_form_keeps_client_keys(env: Env) {
     )
     .await;
     assert_eq!(status, 303, "{html}");
-    let after = view(api.clone(), token, base.clone()).await;
+    let after = view(api.clone(), token.clone(), base.clone()).await;
     assert_eq!(after["redirect_uris"].as_array().map(Vec::len), Some(2), "{after}");
     assert_eq!(after["jwks"], key.jwks(), "{after}");
     assert_eq!(after["token_endpoint_auth_method"], "private_key_jwt");
     assert!(after["client_secret"].is_null(), "no secret was made up: {after}");
+    let unshown = ["signing_alg", "sub_mode", "access_token_validity", "backchannel_logout_uri", "claims"];
+    for field in unshown {
+        assert_eq!(after[field], before[field], "{field} after the form: {after}");
+    }
+    assert_eq!(after["claims"][0]["name"], "tier", "{after}");
+    assert_eq!(after["access_token_validity"], 420, "{after}");
+
+    // A PATCH of one field through the API keeps the others too.
+    let r = api
+        .patch(format!("{base}/api/v1/providers/{id}/"))
+        .bearer_auth(&token)
+        .json(&json!({"redirect_uris": ["https://backups.example.test/cb"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let patched = view(api.clone(), token.clone(), base.clone()).await;
+    for field in unshown.iter().chain(&["jwks", "token_endpoint_auth_method"]) {
+        assert_eq!(patched[*field], before[*field], "{field} after the PATCH: {patched}");
+    }
 
     let token_url = format!("{base}/application/o/token/");
     let now = unix_now();
