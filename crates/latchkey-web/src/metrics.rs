@@ -1,13 +1,10 @@
-//! Request metrics by route and status (the recorder is installed by the binary).
+//! Request metrics by route and status, recorded by the `meta` middleware (the recorder is
+//! installed by the binary).
 
-use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use metrics::{Counter, Histogram};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Instant;
 
 /// A route's handles per (method, status).
 type RouteHandles = HashMap<(&'static str, u16), (Counter, Histogram)>;
@@ -20,7 +17,7 @@ thread_local! {
 
 /// The method as a label: the standard ones by name, any other as `other`, so that clients
 /// inventing methods cannot grow the number of series.
-fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -35,7 +32,7 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn record(route: &str, method: &'static str, status: u16, seconds: f64) {
+pub(crate) fn record(route: &str, method: &'static str, status: u16, seconds: f64) {
     HANDLES.with_borrow_mut(|by_route| {
         if !by_route.contains_key(route) {
             by_route.insert(route.to_owned(), HashMap::new());
@@ -49,17 +46,6 @@ fn record(route: &str, method: &'static str, status: u16, seconds: f64) {
         counter.increment(1);
         histogram.record(seconds);
     })
-}
-
-pub async fn middleware(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(req.method());
-    // The route pattern, never the raw path: unbounded label values would grow memory.
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    record(route, method, response.status().as_u16(), start.elapsed().as_secs_f64());
-    response
 }
 
 #[cfg(test)]

@@ -154,6 +154,14 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Writes `yaml` as `name` in the test's folder and applies it with `latchkey blueprint
+    /// apply`; returns what the command printed.
+    pub fn apply_blueprint(&self, name: &str, yaml: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        self.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "")
+    }
+
     pub fn create_user(&self, username: &str, password: &str, extra: &[&str]) {
         let mut args = vec!["user", "create", username, "--password-stdin"];
         args.extend_from_slice(extra);

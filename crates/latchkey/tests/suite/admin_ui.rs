@@ -503,9 +503,7 @@ async fn admin_provider_form_and_api_keep_settings_they_do_not_show(env: Env) {
         "providers:\n  - name: Backups\n    type: oauth2\n    client_id: backups\n    token_endpoint_auth_method: private_key_jwt\n    jwks: '{}'\n    redirect_uris: [\"https://backups.example.test/cb\"]\n    signing_alg: ES256\n    sub_mode: user_username\n    access_token_validity: minutes=7\n    backchannel_logout_uri: https://backups.example.test/logout\n    claims:\n      - name: tier\n        expression: \"'gold'\"\napplications:\n  - name: Backups\n    slug: backups\n    provider: Backups\n",
         key.jwks()
     );
-    let path = env.dir.path().join("keys.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("keys.yaml", &yaml);
     let token = env.cli_ok(&["token", "create", "--user", "root"], "").trim().to_string();
     let server = env.start().await;
     let base = server.base.clone();

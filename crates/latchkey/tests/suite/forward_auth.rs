@@ -129,9 +129,7 @@ fn blueprint(env: &Env, hosts: &[(&str, u16)]) {
         "groups:\n  - name: family\nusers:\n  - username: alice\n    name: Alice Example\n    email: alice@example.test\n    password: alice-password\n    groups: [family]\n  - username: mallory\n    name: Mallory\n    email: mallory@example.test\n    password: mallory-password\nproviders:\n{providers}applications:\n{apps}outposts:\n  - name: embedded\n    providers: [{}]\n",
         names.join(", ")
     );
-    let path = env.dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("proxy.yaml", &yaml);
 }
 
 pub(crate) fn absolute(base_of: &str, location: &str) -> String {
@@ -593,9 +591,7 @@ async fn domain_setup(env: &Env) -> (Server, String) {
     let yaml = format!(
         "groups:\n  - name: family\n  - name: media\nusers:\n  - username: alice\n    name: Alice Example\n    email: alice@example.test\n    password: alice-password\n    groups: [family, media]\n  - username: mallory\n    name: Mallory\n    email: mallory@example.test\n    password: mallory-password\nproviders:\n  - name: home\n    type: proxy\n    mode: forward_domain\n    external_host: {auth}\n    cookie_domain: {DOMAIN}\n    skip_path_regex: \"^/public/\"\napplications:\n  - name: Home\n    slug: home\n    provider: home\n    allowed_groups: [family]\noutposts:\n  - name: embedded\n    providers: [home]\n"
     );
-    let path = env.dir.path().join("domain.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("domain.yaml", &yaml);
     (start_server(env, &auth).await, auth)
 }
 

@@ -101,9 +101,7 @@ outposts:
     providers: [home]
 "#
     );
-    let path = env.dir.path().join("rules.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("rules.yaml", &yaml);
     (start_server(env, &auth).await, auth)
 }
 

@@ -74,12 +74,6 @@ bindings:
     group: ldap-search
 "#;
 
-fn apply(env: &Env, name: &str, yaml: &str) {
-    let path = env.dir.path().join(name);
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
-}
-
 fn tool(env: &Env, program: &str, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)
@@ -122,14 +116,14 @@ async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
 }
 
 async fn ldap_bind_runs_the_bind_flow_and_application_policies(env: Env) {
-    apply(&env, "ldap.yaml", BLUEPRINT);
+    env.apply_blueprint("ldap.yaml", BLUEPRINT);
     let server = env.start().await;
     // No policies yet: everyone with the right password binds.
     let (code, out) = whoami(&env, &user_dn("carol"), "carol-password");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("dn:cn=carol,ou=users,dc=example,dc=test"), "{out}");
 
-    apply(&env, "policies.yaml", POLICIES);
+    env.apply_blueprint("policies.yaml", POLICIES);
     // carol is in neither family nor the search group: the bind flow refuses her.
     eventually("the bind flow refuses carol", || match whoami(&env, &user_dn("carol"), "carol-password") {
         (50, _) => Ok(()),
@@ -152,7 +146,7 @@ async fn ldap_bind_runs_the_bind_flow_and_application_policies(env: Env) {
 }
 
 async fn ldap_service_account_binds_with_its_token(env: Env) {
-    apply(&env, "ldap.yaml", BLUEPRINT);
+    env.apply_blueprint("ldap.yaml", BLUEPRINT);
     env.cli_ok(&["user", "create", "nas-reader", "--service-account", "--group", "ldap-search"], "");
     let token = env.cli_ok(&["token", "create", "--user", "nas-reader", "--description", "nas"], "").trim().to_string();
     assert!(!token.is_empty());
@@ -204,7 +198,7 @@ async fn ldap_service_account_binds_with_its_token(env: Env) {
 }
 
 async fn ldap_subschema_and_anonymous_search(env: Env) {
-    apply(&env, "ldap.yaml", BLUEPRINT);
+    env.apply_blueprint("ldap.yaml", BLUEPRINT);
     let server = env.start().await;
     let url = url(&env);
     // The root DSE names the subschema; both are readable without binding.
@@ -245,9 +239,7 @@ async fn ldap_subschema_and_anonymous_search(env: Env) {
     let out = anonymous();
     assert_eq!(out.status.code(), Some(50), "{}", text(&out));
     // …and allowed when the provider says so.
-    apply(
-        &env,
-        "anonymous.yaml",
+    env.apply_blueprint("anonymous.yaml",
         "providers:\n  - name: Directory\n    type: ldap\n    base_dn: dc=example,dc=test\n    anonymous_search: true\n",
     );
     eventually("anonymous search allowed", || {
@@ -306,7 +298,7 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
 }
 
 async fn ldap_idle_connections_are_closed(env: Env) {
-    apply(&env, "ldap.yaml", BLUEPRINT);
+    env.apply_blueprint("ldap.yaml", BLUEPRINT);
     let server = Server::start_with(&env, server_with(&env, &[("LATCHKEY_LDAP__IDLE_TIMEOUT", "1s")])).await;
     let mut idle = open_bound(env.ldap);
     // Silent after its bind: the server closes it (read_to_close panics after 30 s otherwise).
@@ -319,7 +311,7 @@ async fn ldap_idle_connections_are_closed(env: Env) {
 }
 
 async fn ldap_connection_limit_refuses_with_busy(env: Env) {
-    apply(&env, "ldap.yaml", BLUEPRINT);
+    env.apply_blueprint("ldap.yaml", BLUEPRINT);
     let server = Server::start_with(&env, server_with(&env, &[("LATCHKEY_LDAP__MAX_CONNECTIONS", "2")])).await;
     let first = open_bound(env.ldap);
     let second = open_bound(env.ldap);

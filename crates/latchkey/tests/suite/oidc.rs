@@ -45,9 +45,7 @@ applications:
     provider: Photos SPA
 "#
     );
-    let path = env.dir.path().join("oidc.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("oidc.yaml", &yaml);
 }
 
 /// Runs the authlib relying party; returns what it printed.
@@ -225,9 +223,7 @@ applications:
     provider: Paperless
 "#
     );
-    let path = env.dir.path().join("pkjwt.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("pkjwt.yaml", &yaml);
     let server = env.start().await;
     let b = server.base.clone();
     let k = key_file.display().to_string();
@@ -284,9 +280,7 @@ applications:
 "#,
         jwks = key.jwks()
     );
-    let path = env.dir.path().join("pkjwt.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("pkjwt.yaml", &yaml);
     let server = env.start().await;
     let base = server.base.clone();
     let c = client();
@@ -491,6 +485,7 @@ applications:
 
     // Contradictory settings are refused by blueprints too, naming the field.
     let jwks = key.jwks().to_string();
+    let path = env.dir.path().join("bad.yaml");
     for (extra, field, says) in [
         ("token_endpoint_auth_method: private_key_jwt", "jwks", "needs the client's public keys"),
         ("token_endpoint_auth_method: client_secret_jwt", "token_endpoint_auth_method", "is not one of"),

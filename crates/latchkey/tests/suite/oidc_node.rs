@@ -52,9 +52,7 @@ applications:
     provider: Notes SPA
 "#
     );
-    let path = env.dir.path().join("oidc-node.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("oidc-node.yaml", &yaml);
 }
 
 /// Runs the openid-client relying party; returns what it printed.
@@ -215,9 +213,7 @@ applications:
 "#,
         jwks = key.jwks()
     );
-    let path = env.dir.path().join("pkjwt.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "");
+    env.apply_blueprint("pkjwt.yaml", &yaml);
     let server = env.start().await;
     let port = free_port().to_string();
     let out =

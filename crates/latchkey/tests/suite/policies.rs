@@ -20,12 +20,6 @@ async fn post(c: &reqwest::Client, url: &str, body: Value) -> (u16, Value, reqwe
     (status, r.json().await.unwrap(), headers)
 }
 
-fn apply_blueprint(env: &Env, name: &str, yaml: &str) -> String {
-    let path = env.dir.path().join(name);
-    std::fs::write(&path, yaml).unwrap();
-    env.cli_ok(&["blueprint", "apply", path.to_str().unwrap()], "")
-}
-
 async fn throttling_engages_says_when_and_an_admin_can_lift_it(env: Env) {
     env.create_user("alice", "alice-password", &[]);
     env.create_user("bob", "bob-password", &[]);
@@ -66,8 +60,7 @@ async fn flow_and_stage_policies_deny_and_skip(env: Env) {
     env.create_user("member", "member-password", &[]);
     env.create_user("outsider", "outsider-password", &[]);
     env.create_user("boss", "boss-password", &[]);
-    apply_blueprint(
-        &env,
+    env.apply_blueprint(
         "gated.yaml",
         r#"
 groups:
@@ -141,8 +134,7 @@ bindings:
 async fn consent_is_asked_once_remembered_and_asked_again_after_revocation(env: Env) {
     env.create_user("carol", "carol-password", &[]);
     env.create_user("dave", "dave-password", &[]);
-    apply_blueprint(
-        &env,
+    env.apply_blueprint(
         "apps.yaml",
         r#"
 groups:
@@ -311,8 +303,7 @@ async fn breached_passwords_are_refused_through_the_hibp_range_api(env: Env) {
     let breached = "Correct-Horse-Breached-77";
     let port = fake_hibp(breached).await;
     env.create_user("pat", "pat-first-password", &[]);
-    apply_blueprint(
-        &env,
+    env.apply_blueprint(
         "hibp.yaml",
         r#"
 policies:
