@@ -101,7 +101,7 @@ pub struct SigningKey {
 
 impl SigningKey {
     /// The key from its private half (PKCS#1 DER for RSA, PKCS#8 for the others).
-    fn from_private(alg: Algorithm, private: &[u8]) -> Result<SigningKey> {
+    pub fn from_private(alg: Algorithm, private: &[u8]) -> Result<SigningKey> {
         let corrupt = |what: &str| CoreError::Internal(format!("stored {} signing key: {what}", alg_name(alg)));
         match alg {
             Algorithm::RS256 => {
@@ -147,7 +147,7 @@ impl SigningKey {
 
     /// The compact JWS (`header.payload.signature`, each base64url without padding) that
     /// `jsonwebtoken::encode` would produce, signed with the key parsed once at load.
-    fn sign<T: Serialize>(&self, header: &Header, claims: &T) -> Result<String> {
+    pub fn sign<T: Serialize>(&self, header: &Header, claims: &T) -> Result<String> {
         let part = |v: Vec<u8>| URL_SAFE_NO_PAD.encode(v);
         let json = |e: serde_json::Error| CoreError::Internal(format!("could not encode a token: {e}"));
         let mut message = part(serde_json::to_vec(header).map_err(json)?);
