@@ -14,6 +14,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -367,8 +368,8 @@ impl Proxy {
         }
         let mut two_factor = false;
         if !provider.rules.is_empty() {
-            let host = req.url.host_str().unwrap_or("").to_ascii_lowercase();
-            let method = req.method.to_ascii_uppercase();
+            let host = lower(req.url.host_str().unwrap_or(""));
+            let method = upper(&req.method);
             let facts = RuleRequest {
                 host: &host,
                 path: req.url.path(),
@@ -379,7 +380,7 @@ impl Proxy {
             match provider.rules.evaluate(&facts, view.as_ref()) {
                 RuleMatch::Matched { outcome: RuleOutcome::Bypass, .. } => return Ok(Verdict::Anonymous),
                 RuleMatch::Matched { rule, outcome: RuleOutcome::Deny } => {
-                    tracing::info!(provider = %provider.name, rule, host, "forward auth: denied by access rule");
+                    tracing::info!(provider = %provider.name, rule, host = %host, "forward auth: denied by access rule");
                     let messages = vec![format!("Access is refused by the rule '{rule}'.")];
                     return Ok(Verdict::Denied { subject, messages });
                 }
@@ -430,8 +431,8 @@ impl Proxy {
         if provider.rules.is_empty() {
             return false;
         }
-        let host = req.url.host_str().unwrap_or("").to_ascii_lowercase();
-        let method = req.method.to_ascii_uppercase();
+        let host = lower(req.url.host_str().unwrap_or(""));
+        let method = upper(&req.method);
         let facts = RuleRequest {
             host: &host,
             path: req.url.path(),
@@ -454,7 +455,7 @@ impl Proxy {
         if provider.rules.is_empty() || has_second_factor(&session.session.amr) {
             return true;
         }
-        let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+        let host = lower(url.host_str().unwrap_or(""));
         let facts =
             RuleRequest { host: &host, path: url.path(), method, client_ip: client_ip.and_then(|ip| ip.parse().ok()) };
         let view = RuleSubject { username: &session.user.username, groups: &session.user.groups };
@@ -602,6 +603,25 @@ fn parse_provider(config: &Value, id: Uuid, name: &str, app: Application) -> Res
         intercept_header_auth,
         jwt_federation_providers,
     })
+}
+
+/// `s` in ASCII lower case, copied only when it is not already (URL hosts are): the rules are
+/// checked on every forward-auth request.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `s` in ASCII upper case, copied only when it is not already (methods usually are).
+fn upper(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(s.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Per-request facts every layer may need without threading them through: the request id
 //! (in every log line and error page) and whether the client wants HTML.
 
+use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
@@ -57,9 +58,15 @@ pub async fn middleware(req: Request, next: Next) -> Response {
     let meta = RequestMeta { id: id.clone(), html: wants_html(&req) };
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut response = META.scope(meta, next.run(req).instrument(span)).await;
+    // They govern how a page is shown: an answer without a body (a forward-auth verdict, a
+    // redirect) has nothing for them to govern, and forward auth is answered thousands of
+    // times a second.
+    let has_body = response.body().size_hint().exact() != Some(0);
     let headers = response.headers_mut();
-    for (name, value) in SECURITY_HEADERS {
-        headers.entry(name).or_insert_with(|| HeaderValue::from_static(value));
+    if has_body {
+        for (name, value) in SECURITY_HEADERS {
+            headers.entry(name).or_insert_with(|| HeaderValue::from_static(value));
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert("x-request-id", v);

@@ -22,19 +22,31 @@ pub struct WebConfig {
     pub avatars: String,
 }
 
+/// What every handler shares, behind one `Arc`: extracting the state clones it for every
+/// request, and one reference count touched by every worker thread is cheaper than four.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub core: Arc<Core>,
     pub config: Arc<WebConfig>,
     pub templates: Arc<Templates>,
     /// Prepared forward-auth identity answers.
-    pub identities: Arc<crate::outpost::IdentityCache>,
+    pub identities: crate::outpost::IdentityCache,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
     pub fn new(core: Arc<Core>, config: WebConfig) -> Self {
         let templates = Arc::new(Templates::new(config.template_dir.clone()));
-        AppState { core, config: Arc::new(config), templates, identities: Arc::default() }
+        AppState(Arc::new(Shared { core, config: Arc::new(config), templates, identities: Default::default() }))
     }
 }
 
