@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/latchkey-target}"
-cargo build --release -q -p latchkey
-BIN="$CARGO_TARGET_DIR/release/latchkey"
+# BENCH_BIN=path measures that binary instead of building one.
+if [ -z "${BENCH_BIN:-}" ]; then cargo build --release -q -p latchkey; fi
+BIN="${BENCH_BIN:-$CARGO_TARGET_DIR/release/latchkey}"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
 

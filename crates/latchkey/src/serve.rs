@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loop {
             tick.tick().await;
             upkeep.run_upkeep();
+            crate::return_free_memory();
         }
     });
 
@@ -129,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready_in_ms = started.elapsed().as_millis() as u64,
         "Latchkey is ready"
     );
+    crate::return_free_memory();
     if let Some(link) = app.core.setup_link(&app.base_url()).await.map_err(|e| anyhow!("{e}"))? {
         tracing::info!("Initial setup: open {link} to create the first administrator");
     }
