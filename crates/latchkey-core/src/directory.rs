@@ -216,6 +216,8 @@ impl Directory {
         self.ensure_admin_remains(PendingChange::UserGone(user.id)).await?;
         self.sessions.revoke_user(user.id).await?;
         self.store.delete_user(user.id).await.map_err(store_err)?;
+        // The sign-out epoch that revocation just wrote belongs to no one now.
+        self.store.delete_setting(&crate::sessions::signout_epoch_key(user.id)).await.map_err(store_err)?;
         self.events.record("user_deleted", Some(&user), client, json!({})).await;
         Ok(user)
     }

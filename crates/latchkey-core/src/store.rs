@@ -146,6 +146,8 @@ pub trait SettingsStore: Send + Sync {
     async fn get_setting(&self, key: &str) -> StoreResult<Option<Value>>;
     /// Records `Change::Config`.
     async fn set_setting(&self, key: &str, value: &Value) -> StoreResult<()>;
+    /// Removes a setting (absent is fine). Records `Change::Config`.
+    async fn delete_setting(&self, key: &str) -> StoreResult<()>;
 }
 
 #[async_trait]

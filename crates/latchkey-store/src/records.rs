@@ -233,4 +233,11 @@ impl SettingsStore for SqlStore {
         feed::record(&mut tx, &Change::Config).await?;
         tx.commit().await.map_err(db_err)
     }
+
+    async fn delete_setting(&self, key: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM settings WHERE key = $1").bind(key).execute(&mut *tx).await.map_err(db_err)?;
+        feed::record(&mut tx, &Change::Config).await?;
+        tx.commit().await.map_err(db_err)
+    }
 }

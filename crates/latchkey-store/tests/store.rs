@@ -179,7 +179,7 @@ suite!(
     tokens_find_and_consume,
     consume_token_is_atomic,
     events_newest_first_with_filters,
-    settings_get_and_set,
+    settings_get_set_and_delete,
     change_feed_reaches_other_stores,
     backup_restore_round_trip,
     backup_pages_through_large_tables,
@@ -800,13 +800,18 @@ async fn events_newest_first_with_filters(db: TestDb) {
     db.store.close().await;
 }
 
-async fn settings_get_and_set(db: TestDb) {
+async fn settings_get_set_and_delete(db: TestDb) {
     let s = &db.store;
     assert_eq!(s.get_setting("branding").await.unwrap(), None);
     s.set_setting("branding", &json!({"title": "Home"})).await.unwrap();
     assert_eq!(s.get_setting("branding").await.unwrap(), Some(json!({"title": "Home"})));
     s.set_setting("branding", &json!("plain")).await.unwrap();
     assert_eq!(s.get_setting("branding").await.unwrap(), Some(json!("plain")));
+    s.set_setting("other", &json!(2)).await.unwrap();
+    s.delete_setting("branding").await.unwrap();
+    assert_eq!(s.get_setting("branding").await.unwrap(), None);
+    assert_eq!(s.get_setting("other").await.unwrap(), Some(json!(2)), "only the named setting goes");
+    s.delete_setting("branding").await.unwrap();
     db.store.close().await;
 }
 
