@@ -414,24 +414,30 @@ impl OAuth {
                 (id, creds.client_secret, method)
             }
         };
+        let client = self.client_by_id(id).await?.ok_or_else(OAuthError::invalid_client)?;
         // The method is checked first so that the log says why a client set to one method is
         // refused when it tries another.
-        if let Some(client) = self.client_by_id(id).await? {
-            let allowed = match client.auth_method {
-                None => true,
-                Some(only) => only == method,
-            };
-            if !allowed {
-                tracing::warn!(
-                    client = %client.client_id,
-                    used = method.as_str(),
-                    configured = client.auth_method.map(AuthMethod::as_str).unwrap_or("-"),
-                    "client authentication refused: not the client's token_endpoint_auth_method"
-                );
-                return Err(OAuthError::invalid_client().into());
-            }
+        if client.auth_method.is_some_and(|only| only != method) {
+            tracing::warn!(
+                client = %client.client_id,
+                used = method.as_str(),
+                configured = client.auth_method.map(AuthMethod::as_str).unwrap_or("-"),
+                "client authentication refused: not the client's token_endpoint_auth_method"
+            );
+            return Err(OAuthError::invalid_client().into());
         }
-        self.authenticate(id, secret).await
+        // `secret: None` is only good for a public client.
+        let ok = match (client.client_type, secret) {
+            (ClientType::Public, None) => true,
+            (ClientType::Public, Some(_)) => false,
+            (ClientType::Confidential, Some(s)) => client.secret_matches(s),
+            (ClientType::Confidential, None) => false,
+        };
+        if ok {
+            Ok(client)
+        } else {
+            Err(OAuthError::invalid_client().into())
+        }
     }
 
     async fn authenticate_assertion(
@@ -488,23 +494,6 @@ impl OAuth {
             return Err(refused(&id, &AssertionError::Replayed));
         }
         Ok(client)
-    }
-
-    /// The client a token-endpoint request authenticates as. `secret: None` is only good for
-    /// a public client.
-    pub async fn authenticate(&self, client_id: &str, secret: Option<&str>) -> GrantResult<Client> {
-        let client = self.client_by_id(client_id).await?.ok_or_else(OAuthError::invalid_client)?;
-        let ok = match (client.client_type, secret) {
-            (ClientType::Public, None) => true,
-            (ClientType::Public, Some(_)) => false,
-            (ClientType::Confidential, Some(s)) => client.secret_matches(s),
-            (ClientType::Confidential, None) => false,
-        };
-        if ok {
-            Ok(client)
-        } else {
-            Err(OAuthError::invalid_client().into())
-        }
     }
 
     pub async fn authorization_flow_slug(&self, client: &Client) -> Result<Option<String>> {
