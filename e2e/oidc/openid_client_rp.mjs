@@ -171,8 +171,8 @@ function backchannelReceiver() {
       resolve({ contentType: req.headers["content-type"], body: new URLSearchParams(body) });
     });
   });
-  server.listen(Number(BC_PORT), "127.0.0.1");
-  return { received, close: () => server.close() };
+  const listening = new Promise((r) => server.listen(Number(BC_PORT), "127.0.0.1", r));
+  return { received, listening, close: () => server.close() };
 }
 
 async function full() {
@@ -233,6 +233,7 @@ async function full() {
 
   // End-session: the Latchkey session ends, the client is told over the back channel.
   const receiver = backchannelReceiver();
+  await receiver.listening;
   const end = oidc.buildEndSessionUrl(config, {
     id_token_hint: live.id_token,
     post_logout_redirect_uri: REDIRECT_URI,
@@ -267,6 +268,7 @@ async function publicClient() {
   if (BC_PORT) {
     // Logging out through Latchkey's own logout flow also tells the client over the back channel.
     const receiver = backchannelReceiver();
+    await receiver.listening;
     const flow = await browser.executor("default-invalidation-flow", "GET", "");
     out.logout_flow = flow.component;
     const timeout = new Promise((r) => setTimeout(() => r(null), 10000));

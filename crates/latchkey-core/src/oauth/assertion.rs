@@ -26,7 +26,12 @@ pub const CLOCK_SKEW_SECS: i64 = 60;
 
 /// The algorithms an assertion may be signed with, as discovery lists them. Asymmetric only:
 /// never `none`, never HS* (which would make the public key a shared secret).
-pub const SIGNING_ALGS: &[&str] = &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+pub const SIGNING_ALGS: &[&str] =
+    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", ED25519];
+
+/// RFC 9864's fully-specified name for EdDSA over Ed25519. jsonwebtoken knows the signature
+/// only as `EdDSA`, so assertions and keys that use this name are translated here.
+const ED25519: &str = "Ed25519";
 
 /// A JWKS bigger than this is a mistake (or an attack on the verifier's time).
 const MAX_KEYS: usize = 16;
@@ -89,7 +94,7 @@ pub enum AssertionError {
     NoJwks,
     #[error("the assertion is not a JWT: {0}")]
     Malformed(String),
-    #[error("alg {0} is not accepted (only RS*, PS*, ES256, ES384 and EdDSA)")]
+    #[error("alg {0} is not accepted (only RS*, PS*, ES256, ES384, EdDSA and Ed25519)")]
     Alg(String),
     #[error("no registered key matches (kid {kid:?}, alg {alg})")]
     NoKey { kid: Option<String>, alg: String },
@@ -219,7 +224,13 @@ fn parse_key(v: &Value) -> Result<ClientKey, String> {
     if let Some(p) = ["d", "p", "q", "dp", "dq", "qi"].iter().find(|p| obj.contains_key(**p)) {
         return Err(format!("holds private key material (\"{p}\"); register only the public key"));
     }
-    let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|e| format!("is not a valid JWK: {e}"))?;
+    // A key registered with `alg: Ed25519` is an EdDSA key for jsonwebtoken.
+    let fully_specified = obj.get("alg").and_then(Value::as_str) == Some(ED25519);
+    let mut parsed = v.clone();
+    if fully_specified {
+        parsed.as_object_mut().map(|o| o.insert("alg".into(), Value::String("EdDSA".into())));
+    }
+    let jwk: Jwk = serde_json::from_value(parsed).map_err(|e| format!("is not a valid JWK: {e}"))?;
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
         return Err("is an encryption key (use: enc), not a signing key".into());
     }
@@ -282,18 +293,15 @@ impl ClientJwks {
     /// Checks the signature with the key the header names (by `kid`, or the only key that fits
     /// the algorithm when there is no `kid`) and returns the claims, unchecked.
     pub fn verify(&self, assertion: &str) -> Result<Value, AssertionError> {
+        if header_alg(assertion).as_deref() == Some(ED25519) {
+            return self.verify_ed25519(assertion);
+        }
         let header = jsonwebtoken::decode_header(assertion).map_err(|e| AssertionError::Malformed(e.to_string()))?;
         let alg = header.alg;
         if !SIGNING_ALGS.contains(&alg_str(alg)) {
             return Err(AssertionError::Alg(alg_str(alg).into()));
         }
-        let fitting: Vec<&ClientKey> = self.keys.iter().filter(|k| k.allows(alg)).collect();
-        let key = match &header.kid {
-            Some(kid) => fitting.iter().find(|k| k.kid.as_deref() == Some(kid.as_str())),
-            None if fitting.len() == 1 => fitting.first(),
-            None => None,
-        }
-        .ok_or_else(|| AssertionError::NoKey { kid: header.kid.clone(), alg: alg_str(alg).into() })?;
+        let key = self.key_for(alg, alg_str(alg), header.kid.as_deref())?;
         let mut validation = Validation::new(alg);
         // The claims are checked by `check_claims`, against our clock.
         validation.validate_exp = false;
@@ -304,14 +312,53 @@ impl ClientJwks {
             .map(|d| d.claims)
             .map_err(|e| AssertionError::Signature(e.to_string()))
     }
+
+    /// The key the header names by `kid`, or the only key that fits `alg` when there is none.
+    fn key_for(&self, alg: Algorithm, alg_name: &str, kid: Option<&str>) -> Result<&ClientKey, AssertionError> {
+        let mut fitting = self.keys.iter().filter(|k| k.allows(alg));
+        match kid {
+            Some(kid) => fitting.find(|k| k.kid.as_deref() == Some(kid)),
+            None => fitting.next().filter(|_| fitting.next().is_none()),
+        }
+        .ok_or_else(|| AssertionError::NoKey { kid: kid.map(String::from), alg: alg_name.into() })
+    }
+
+    /// An assertion whose header says `alg: Ed25519`: the same EdDSA signature under its
+    /// RFC 9864 name, checked with jsonwebtoken's EdDSA verifier on the signing input.
+    fn verify_ed25519(&self, assertion: &str) -> Result<Value, AssertionError> {
+        let malformed = || AssertionError::Malformed("not three base64url parts".into());
+        let (signing_input, signature) = assertion.rsplit_once('.').ok_or_else(malformed)?;
+        let (header, payload) = signing_input.split_once('.').ok_or_else(malformed)?;
+        let header = decode_part(header).ok_or_else(malformed)?;
+        let claims = decode_part(payload).filter(Value::is_object).ok_or_else(malformed)?;
+        if header.get("crit").is_some() {
+            return Err(AssertionError::Malformed("crit header parameters are not supported".into()));
+        }
+        let key = self.key_for(Algorithm::EdDSA, ED25519, header.get("kid").and_then(Value::as_str))?;
+        match jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &key.key, Algorithm::EdDSA) {
+            Ok(true) => Ok(claims),
+            Ok(false) => Err(AssertionError::Signature("InvalidSignature".into())),
+            Err(e) => Err(AssertionError::Signature(e.to_string())),
+        }
+    }
+}
+
+/// One base64url JSON part of a compact JWT.
+fn decode_part(part: &str) -> Option<Value> {
+    let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `alg` a JWT's header names, read as text (jsonwebtoken refuses names it does not know).
+fn header_alg(assertion: &str) -> Option<String> {
+    let header = decode_part(assertion.split('.').next()?)?;
+    header.get("alg").and_then(Value::as_str).map(String::from)
 }
 
 /// The client an assertion claims to be (`sub`, else `iss`), read without verifying anything:
 /// only to find whose keys to verify it with when the request names no `client_id`.
 pub fn claimed_client(assertion: &str) -> Option<String> {
-    let payload = assertion.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let claims = decode_part(assertion.split('.').nth(1)?)?;
     claims.get("sub").or_else(|| claims.get("iss")).and_then(Value::as_str).map(String::from)
 }
 
@@ -502,6 +549,51 @@ mod tests {
         let set = parse_jwks(&json!({"keys": [ec.jwk, ed.jwk]})).unwrap();
         assert!(set.verify(&sign(&ed, None)).is_ok());
         assert!(set.verify(&sign(&ec, None)).is_ok());
+    }
+
+    /// A compact JWT signed with Ed25519 under RFC 9864's `alg` name.
+    fn sign_ed25519(pair: &Ed25519KeyPair, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = json!({"alg": "Ed25519", "typ": "JWT"});
+        if let Some(kid) = kid {
+            header["kid"] = json!(kid);
+        }
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes()).as_ref()))
+    }
+
+    #[test]
+    fn ed25519_is_accepted_under_its_fully_specified_name() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let ec = ec_key("ec");
+        // The key may name either alg; the header may use either name.
+        for key_alg in [None, Some("EdDSA"), Some("Ed25519")] {
+            let mut jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": x});
+            if let Some(a) = key_alg {
+                jwk["alg"] = json!(a);
+            }
+            let set = parse_jwks(&json!({"keys": [jwk, ec.jwk.clone()]})).unwrap();
+            assert_eq!(set.verify(&sign_ed25519(&pair, Some("ed"), &claims())).unwrap()["jti"], "j1", "{key_alg:?}");
+            assert_eq!(set.verify(&sign_ed25519(&pair, None, &claims())).unwrap()["jti"], "j1", "the only Ed25519 key");
+            let ed =
+                TestKey { encoding: EncodingKey::from_ed_der(pkcs8.as_ref()), jwk: json!({}), alg: Algorithm::EdDSA };
+            assert!(set.verify(&sign(&ed, Some("ed"))).is_ok(), "EdDSA still accepted");
+        }
+        let set = parse_jwks(&json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": x}]})).unwrap();
+        let token = sign_ed25519(&pair, Some("ed"), &claims());
+        let (input, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
+        assert!(matches!(set.verify(&forged), Err(AssertionError::Signature(_))));
+        let other =
+            Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap().as_ref()).unwrap();
+        assert!(matches!(set.verify(&sign_ed25519(&other, Some("ed"), &claims())), Err(AssertionError::Signature(_))));
+        assert!(matches!(set.verify(&sign_ed25519(&pair, Some("zz"), &claims())), Err(AssertionError::NoKey { .. })));
+        assert!(matches!(set.verify(&format!("{token}.x")), Err(AssertionError::Malformed(_))));
+        // An Ed25519 header is no way around an EC key's algorithm.
+        let ec_only = parse_jwks(&json!({"keys": [ec.jwk.clone()]})).unwrap();
+        assert!(matches!(ec_only.verify(&sign_ed25519(&pair, None, &claims())), Err(AssertionError::NoKey { .. })));
     }
 
     #[test]

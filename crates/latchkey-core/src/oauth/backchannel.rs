@@ -17,6 +17,9 @@ use crate::model::TokenKind;
 pub const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// How long a logout token is valid.
 const LOGOUT_TOKEN_TTL: i64 = 120;
+/// Attempts per client: a client that is restarting or briefly unreachable still hears of
+/// the logout; the pauses between attempts double from one second, well inside the TTL.
+const DELIVERY_ATTEMPTS: u32 = 4;
 
 /// POSTs `logout_token=<jwt>` to a client; answers the HTTP status.
 #[async_trait]
@@ -44,11 +47,14 @@ impl OAuth {
                 issued.push((g.client_id, g.issuer));
             }
         }
+        if issued.is_empty() {
+            return Ok(0);
+        }
+        let user = self.store.get_user(user_id).await.map_err(CoreError::from_store)?;
         let mut sent = 0;
         for (client_id, issuer) in issued {
             let Some(client) = self.client_by_id(&client_id).await? else { continue };
             let Some(uri) = client.backchannel_logout_uri.clone() else { continue };
-            let user = self.store.get_user(user_id).await.map_err(CoreError::from_store)?;
             let now = self.clock.now().timestamp();
             let mut claims = json!({
                 "iss": issuer,
@@ -63,18 +69,85 @@ impl OAuth {
                 claims["sub"] = Value::String(self.subject(&client, user));
             }
             let token = self.signing.sign_typed(client.alg, "logout+jwt", &claims).await?;
-            let delivery = Arc::clone(&delivery);
-            tokio::spawn(async move {
-                match delivery.deliver(&uri, &token).await {
-                    Ok(status) if (200..300).contains(&status) => {
-                        tracing::info!(client = %client_id, "back-channel logout delivered")
-                    }
-                    Ok(status) => tracing::warn!(client = %client_id, status, "back-channel logout refused"),
-                    Err(e) => tracing::warn!(client = %client_id, "back-channel logout failed: {e}"),
-                }
-            });
+            tokio::spawn(deliver_with_retries(Arc::clone(&delivery), client_id, uri, token));
             sent += 1;
         }
         Ok(sent)
+    }
+}
+
+/// Delivers one logout token, retrying on transport errors and 5xx answers (a 4xx is the
+/// client's final word: it refused the token).
+async fn deliver_with_retries(delivery: Arc<dyn LogoutDelivery>, client_id: String, uri: String, token: String) {
+    let mut pause = std::time::Duration::from_secs(1);
+    for attempt in 1..=DELIVERY_ATTEMPTS {
+        let last = attempt == DELIVERY_ATTEMPTS;
+        match delivery.deliver(&uri, &token).await {
+            Ok(status) if (200..300).contains(&status) => {
+                tracing::info!(client = %client_id, attempt, "back-channel logout delivered");
+                return;
+            }
+            Ok(status) if status < 500 => {
+                tracing::warn!(client = %client_id, status, "back-channel logout refused");
+                return;
+            }
+            Ok(status) if last => {
+                tracing::warn!(client = %client_id, status, attempt, "back-channel logout refused; giving up")
+            }
+            Err(e) if last => {
+                tracing::warn!(client = %client_id, attempt, "back-channel logout failed: {e}; giving up")
+            }
+            Ok(status) => tracing::info!(client = %client_id, status, attempt, "back-channel logout refused; retrying"),
+            Err(e) => tracing::info!(client = %client_id, attempt, "back-channel logout failed: {e}; retrying"),
+        }
+        if !last {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers the scripted results in order and records when each attempt came.
+    struct Scripted {
+        answers: Mutex<Vec<std::result::Result<u16, String>>>,
+        attempts: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    #[async_trait]
+    impl LogoutDelivery for Scripted {
+        async fn deliver(&self, _uri: &str, _token: &str) -> std::result::Result<u16, String> {
+            self.attempts.lock().unwrap().push(tokio::time::Instant::now());
+            self.answers.lock().unwrap().remove(0)
+        }
+    }
+
+    async fn attempts_for(answers: Vec<std::result::Result<u16, String>>) -> Vec<u64> {
+        let scripted = Arc::new(Scripted { answers: Mutex::new(answers), attempts: Mutex::new(Vec::new()) });
+        let start = tokio::time::Instant::now();
+        deliver_with_retries(scripted.clone(), "c".into(), "http://rp.test/bc".into(), "t".into()).await;
+        let attempts = scripted.attempts.lock().unwrap();
+        attempts.iter().map(|t| (*t - start).as_secs()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transport_errors_and_5xx_are_retried_with_growing_pauses() {
+        let answers = vec![Err("connection refused".into()), Ok(503), Ok(204)];
+        assert_eq!(attempts_for(answers).await, vec![0, 1, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_4xx_answer_is_final() {
+        assert_eq!(attempts_for(vec![Ok(400)]).await, vec![0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delivery_gives_up_after_the_last_attempt() {
+        let answers = (0..DELIVERY_ATTEMPTS).map(|_| Err("refused".to_string())).collect();
+        assert_eq!(attempts_for(answers).await, vec![0, 1, 3, 7]);
     }
 }

@@ -19,6 +19,7 @@ pub const ORDERING: &[&str] = &["created_at", "action", "username"];
 #[derive(Serialize, ToSchema)]
 pub struct EventOut {
     pub id: Uuid,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
     /// e.g. `login`, `login_failed`, `user_created`, `model_updated`.
     pub action: String,

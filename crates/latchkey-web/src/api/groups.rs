@@ -31,6 +31,7 @@ pub struct GroupOut {
     #[schema(value_type = Object)]
     pub attributes: Value,
     pub gid_number: i64,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 

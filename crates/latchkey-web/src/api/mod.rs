@@ -21,6 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use chrono::{DateTime, Utc};
 use latchkey_core::error::FieldErrors;
 use latchkey_core::events::ClientInfo;
 use latchkey_core::model::{ListQuery, Page};
@@ -42,6 +43,20 @@ const CSRF_HEADERS: &[&str] = &["x-authentik-csrf", "x-csrftoken"];
 /// The largest page a list returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 20;
+
+/// Writes a timestamp with milliseconds always present (`2026-01-01T00:00:00.000Z`): one
+/// width for every value, so clients that compare the text order it as the time.
+pub(crate) fn timestamp<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&t.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+}
+
+/// [`timestamp`] for an optional value (`null` when absent).
+pub(crate) fn optional_timestamp<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => timestamp(t, s),
+        None => s.serialize_none(),
+    }
+}
 
 /// An API error: the web layer's JSON error, with field validation answered as 422.
 #[derive(Debug)]

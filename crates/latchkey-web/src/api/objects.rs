@@ -40,6 +40,7 @@ pub struct ApplicationObject {
     pub open_in_new_tab: bool,
     /// Groups bound to the application; when sent, exactly these.
     pub allowed_groups: Vec<String>,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -103,6 +104,7 @@ pub struct ProviderObject {
     pub anonymous_search: Option<bool>,
     /// Slug of the application using this provider (read-only).
     pub assigned_application: Option<String>,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -119,6 +121,7 @@ pub struct OutpostObject {
     pub provider_ids: Vec<Uuid>,
     #[schema(value_type = Object)]
     pub config: Value,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -138,6 +141,7 @@ pub struct FlowObject {
     /// Stage names, or `{stage, evaluate_on_plan, re_evaluate_policies, policy_engine_mode}`.
     #[schema(value_type = Vec<Object>)]
     pub stages: Vec<Value>,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -150,6 +154,7 @@ pub struct StageObject {
     pub kind: String,
     #[schema(value_type = Object)]
     pub config: Value,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -163,6 +168,7 @@ pub struct PolicyObject {
     #[schema(value_type = Object)]
     pub config: Value,
     pub execution_logging: bool,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -181,6 +187,7 @@ pub struct BindingObject {
     pub enabled: bool,
     pub timeout_ms: i64,
     pub failure_result: bool,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
 }
 

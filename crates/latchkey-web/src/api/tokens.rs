@@ -26,7 +26,9 @@ pub struct TokenOut {
     /// The owner's username.
     pub user: Option<String>,
     pub description: String,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::optional_timestamp")]
     pub expires_at: Option<DateTime<Utc>>,
     pub expired: bool,
 }

@@ -37,8 +37,11 @@ pub struct UserOut {
     #[schema(value_type = Object)]
     pub attributes: Value,
     pub uid_number: i64,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::optional_timestamp")]
     pub last_login: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::optional_timestamp")]
     pub password_changed_at: Option<DateTime<Utc>>,
 }
 
@@ -108,14 +111,18 @@ pub struct RecoveryRequest {
 #[derive(Serialize, ToSchema)]
 pub struct RecoveryLink {
     pub link: String,
+    #[serde(serialize_with = "super::timestamp")]
     pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct SessionOut {
     pub id: String,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp")]
     pub last_seen: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp")]
     pub expires_at: DateTime<Utc>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
@@ -130,7 +137,9 @@ pub struct DeviceOut {
     pub kind: String,
     pub name: String,
     pub confirmed: bool,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::optional_timestamp")]
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -451,8 +460,11 @@ pub struct AppPasswordOut {
     pub name: String,
     /// Slugs of the applications it opens; `null`: every application the user may use.
     pub applications: Option<Vec<String>>,
+    #[serde(serialize_with = "super::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::optional_timestamp")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "super::optional_timestamp")]
     pub last_used_at: Option<DateTime<Utc>>,
 }
 

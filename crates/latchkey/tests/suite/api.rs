@@ -615,6 +615,8 @@ async fn api_tokens_events_and_settings(env: Env) {
     assert!(all["pagination"]["count"].as_u64().unwrap() >= 3);
     let times: Vec<&str> =
         all["results"].as_array().unwrap().iter().map(|e| e["created_at"].as_str().unwrap()).collect();
+    // Every timestamp has milliseconds, so the text orders as the time does.
+    assert!(times.iter().all(|t| t.len() == "2026-01-01T00:00:00.000Z".len() && t.ends_with('Z')), "{times:?}");
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(times, sorted);

@@ -219,7 +219,9 @@ applications:
     let out =
         rp("private_key_jwt", &server.base, "backups", "backups", "-", &[port, key.pem.clone(), key.kid.clone()]).await;
     assert!(out["auth_methods"].as_array().unwrap().contains(&json!("private_key_jwt")), "{out}");
-    assert!(out["auth_signing_algs"].as_array().unwrap().contains(&json!("ES256")), "{out}");
+    for alg in ["ES256", "EdDSA", "Ed25519"] {
+        assert!(out["auth_signing_algs"].as_array().unwrap().contains(&json!(alg)), "{alg}: {out}");
+    }
     assert!(!out["auth_signing_algs"].as_array().unwrap().iter().any(|a| a == "none" || a == "HS256"), "{out}");
     assert_eq!(out["id_token"]["preferred_username"], "alice", "{out}");
     assert_eq!(out["refreshed"], true, "{out}");
