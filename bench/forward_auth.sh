@@ -6,6 +6,9 @@
 # wrk -t2 -c64 -d10s, 3 runs each, medians, ratio, p99 (--latency); then RSS before and
 # after each of two 60 s runs of the check (the first warms caches and the allocator up).
 # Usage: bench/forward_auth.sh   (needs wrk and nginx: apt-get install -y wrk nginx-light)
+#   PIN=1 bench/forward_auth.sh   the servers (Latchkey, nginx with one worker) on CPU 1 and
+#                                 wrk (-t1) on CPU 0, so client and server never preempt each
+#                                 other: the latency then is the server's, not the scheduler's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/latchkey-target}"
@@ -21,6 +24,14 @@ rps() { awk '/Requests\/sec/ {print $2}'; }
 # wrk --latency's 99% line, in ms
 p99() { awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}'; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# Where the servers and wrk run (PIN=1: one core each), and wrk's thread count.
+SERVER=() CLIENT=() WRK_THREADS=2 NGINX_WORKERS=2
+if [ -n "${PIN:-}" ]; then
+  SERVER=(taskset -c 1) CLIENT=(taskset -c 0) WRK_THREADS=1 NGINX_WORKERS=1
+fi
+WRK_BIN=$(command -v wrk) || { echo "wrk is not installed (apt-get install -y wrk)"; exit 1; }
+wrk() { "${CLIENT[@]}" "$WRK_BIN" -t"$WRK_THREADS" "$@"; }
 
 HTTP=$(port)
 export LATCHKEY_DATA_DIR="$WORK/data" LATCHKEY_LISTEN__HTTP="127.0.0.1:$HTTP" \
@@ -62,7 +73,7 @@ outposts:
     providers: [bench-proxy]
 YAML
 "$BIN" blueprint apply "$WORK/bp.yaml" >/dev/null
-"$BIN" serve 2>"$WORK/serve.log" &
+"${SERVER[@]}" "$BIN" serve 2>"$WORK/serve.log" &
 LK=$!
 until curl -sf "http://127.0.0.1:$HTTP/-/health/ready/" >/dev/null; do sleep 0.05; done
 EXEC="http://127.0.0.1:$HTTP/api/v1/flows/executor/default-authentication-flow/"
@@ -83,17 +94,17 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "${BASIC[@]}" "$CHECK")
 
 NGINX=$(port)
 cat > "$WORK/nginx.conf" <<NGX
-worker_processes 2; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
+worker_processes $NGINX_WORKERS; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
 events { worker_connections 1024; }
 http { access_log off; server { listen 127.0.0.1:$NGINX; location / { return 200 "ok"; } } }
 NGX
-nginx -c "$WORK/nginx.conf"
+"${SERVER[@]}" nginx -c "$WORK/nginx.conf"
 
 echo "== machine"; nproc; grep -m1 'model name' /proc/cpuinfo || true
-echo "== forward-auth check (valid cookie) vs nginx return 200: wrk -t2 -c64 -d10s --latency, 3 runs each"
-for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "${HDRS[@]}" "$CHECK" > "$WORK/lk.$i"; done
-for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "http://127.0.0.1:$NGINX/" > "$WORK/ngx.$i"; done
-for i in 1 2 3; do wrk -t2 -c64 -d10s --latency "${BASIC[@]}" "$CHECK" > "$WORK/basic.$i"; done
+echo "== forward-auth check (valid cookie) vs nginx return 200: wrk -t$WRK_THREADS -c64 -d10s --latency, 3 runs each${PIN:+ (servers on CPU 1, wrk on CPU 0)}"
+for i in 1 2 3; do wrk -c64 -d10s --latency "${HDRS[@]}" "$CHECK" > "$WORK/lk.$i"; done
+for i in 1 2 3; do wrk -c64 -d10s --latency "http://127.0.0.1:$NGINX/" > "$WORK/ngx.$i"; done
+for i in 1 2 3; do wrk -c64 -d10s --latency "${BASIC[@]}" "$CHECK" > "$WORK/basic.$i"; done
 grep -h 'Non-2xx' "$WORK"/lk.* && { echo "some checks were not 200"; exit 1; } || true
 LKR=$(for i in 1 2 3; do rps < "$WORK/lk.$i"; done | tr '\n' ' ')
 NGR=$(for i in 1 2 3; do rps < "$WORK/ngx.$i"; done | tr '\n' ' ')
@@ -110,20 +121,20 @@ BAP=$(for i in 1 2 3; do p99 < "$WORK/basic.$i"; done | tr '\n' ' ')
 BAM=$(echo "$BAR" | tr ' ' '\n' | grep . | median)
 echo "latchkey Basic app password: $BAM req/s (runs: $BAR) p99 ms (runs: $BAP) median $(echo "$BAP" | tr ' ' '\n' | grep . | median); ratio to nginx: $(awk -v a="$BAM" -v b="$NGM" 'BEGIN {printf "%.1f %%", 100*a/b}')"
 
-echo "== RSS of latchkey serve around two 60 s check runs (wrk -t2 -c64 -d60s)"
+echo "== RSS of latchkey serve around two 60 s check runs (wrk -c64 -d60s)"
 echo "before: $(rss $LK) KiB"
-wrk -t2 -c64 -d60s "${HDRS[@]}" "$CHECK" | rps | sed 's/^/req\/s during: /'
+wrk -c64 -d60s "${HDRS[@]}" "$CHECK" | rps | sed 's/^/req\/s during: /'
 echo "after:  $(rss $LK) KiB"
-wrk -t2 -c64 -d60s "${HDRS[@]}" "$CHECK" | rps | sed 's/^/req\/s during the second: /'
+wrk -c64 -d60s "${HDRS[@]}" "$CHECK" | rps | sed 's/^/req\/s during the second: /'
 echo "after the second: $(rss $LK) KiB"
 sleep 5
 echo "after 5 s idle: $(rss $LK) KiB"
 
-echo "== check latency, open-loop probe (bench/probe.py, 200 req/s for 10 s): alone, then during wrk -t2 -c64"
+echo "== check latency, open-loop probe (bench/probe.py, 200 req/s for 10 s): alone, then during wrk -c64"
 export PROBE_HEADERS='{"X-Original-URL": "http://app.bench.test/some/page?x=1"}'
-echo "alone:       $(python3 bench/probe.py "$CHECK" "latchkey_session=$SESSION" 200 10)"
-wrk -t2 -c64 -d14s "${HDRS[@]}" "$CHECK" > /dev/null &
+echo "alone:       $("${CLIENT[@]}" python3 bench/probe.py "$CHECK" "latchkey_session=$SESSION" 200 10)"
+wrk -c64 -d14s "${HDRS[@]}" "$CHECK" > /dev/null &
 LOAD=$!
 sleep 2
-echo "during wrk:  $(python3 bench/probe.py "$CHECK" "latchkey_session=$SESSION" 200 10)"
+echo "during wrk:  $("${CLIENT[@]}" python3 bench/probe.py "$CHECK" "latchkey_session=$SESSION" 200 10)"
 wait "$LOAD"

@@ -207,7 +207,10 @@ impl HeaderAuth {
         let expires_at = claims.get("exp").and_then(Value::as_i64).and_then(|e| DateTime::from_timestamp(e, 0));
         Ok(Some(Arc::new(CredentialIdentity {
             user: self.session_user(&user).await?,
-            kind: CredentialKind::AccessToken { client_id: client.client_id.clone(), provider: client.provider.name },
+            kind: CredentialKind::AccessToken {
+                client_id: client.client_id.clone(),
+                provider: client.provider.name.clone(),
+            },
             key: key.to_string(),
             expires_at,
             last_touch: AtomicI64::new(0),

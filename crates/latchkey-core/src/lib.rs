@@ -56,6 +56,9 @@ use store::Store;
 use throttle::{Throttle, ThrottleLimits};
 use tokens::Tokens;
 
+/// How long expired tokens stay before housekeeping deletes them.
+const EXPIRED_TOKEN_GRACE: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
 /// Tunables of the core services.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -263,6 +266,13 @@ impl Core {
         }
         if let Err(e) = self.store.delete_expired_flow_states(self.clock.now()).await {
             tracing::warn!(error = %e, "could not purge expired flow states");
+        }
+        // Used codes and rotated refresh tokens are kept a day past their expiry: presented
+        // again within it, they still reveal a replay (and end the family issued from them).
+        match self.store.delete_expired_tokens(self.clock.now() - EXPIRED_TOKEN_GRACE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tokens = n, "purged expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "could not purge expired tokens"),
         }
     }
 }

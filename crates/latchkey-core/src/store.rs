@@ -125,6 +125,10 @@ pub trait TokenStore: Send + Sync {
     async fn create_token(&self, token: &Token) -> StoreResult<()>;
     /// An unexpired, unused token of that kind with that secret hash.
     async fn find_token(&self, kind: TokenKind, secret_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<Token>>;
+    /// The token of that kind with that secret hash, used or expired alike (replay detection).
+    async fn find_token_any(&self, kind: TokenKind, secret_hash: &str) -> StoreResult<Option<Token>>;
+    /// Deletes the tokens that expired before `before`; answers how many.
+    async fn delete_expired_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     /// Marks a one-time token used; `false` if it was already used, expired or missing.
     /// Atomic: of two concurrent calls exactly one wins.
     async fn consume_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;

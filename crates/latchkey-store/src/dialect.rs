@@ -16,6 +16,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration { version: 4, sql: include_str!("../migrations/sqlite/0004_invitations.sql") },
     Migration { version: 5, sql: include_str!("../migrations/sqlite/0005_authenticators.sql") },
     Migration { version: 6, sql: include_str!("../migrations/sqlite/0006_app_passwords.sql") },
+    Migration { version: 7, sql: include_str!("../migrations/sqlite/0007_token_expiry.sql") },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -25,6 +26,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration { version: 4, sql: include_str!("../migrations/postgres/0004_invitations.sql") },
     Migration { version: 5, sql: include_str!("../migrations/postgres/0005_authenticators.sql") },
     Migration { version: 6, sql: include_str!("../migrations/postgres/0006_app_passwords.sql") },
+    Migration { version: 7, sql: include_str!("../migrations/postgres/0007_token_expiry.sql") },
 ];
 
 /// Applied to every pooled SQLite connection. `busy_timeout` first, so the one-time switch to WAL

@@ -91,6 +91,25 @@ impl TokenStore for SqlStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
+    async fn find_token_any(&self, kind: TokenKind, secret_hash: &str) -> StoreResult<Option<Token>> {
+        let row = sqlx::query(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE secret_hash = $1 AND kind = $2"))
+            .bind(secret_hash)
+            .bind(kind.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn delete_expired_tokens(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let result = sqlx::query("DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at < $1")
+            .bind(ms(before))
+            .execute(self.pool())
+            .await
+            .map_err(db_err)?;
+        Ok(result.rows_affected())
+    }
+
     async fn consume_token(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool> {
         // One conditional UPDATE: the database lets exactly one of two concurrent callers match.
         let result = sqlx::query(

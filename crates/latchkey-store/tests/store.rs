@@ -737,6 +737,10 @@ async fn tokens_find_and_consume(db: TestDb) {
     assert!(!s.consume_token(rec.id, t(51)).await.unwrap(), "only once");
     assert_eq!(s.find_token(TokenKind::Recovery, "rec-hash", t(60)).await.unwrap(), None, "used");
     assert!(!s.consume_token(Uuid::now_v7(), t(0)).await.unwrap());
+    // Used or expired, a token is still found for replay detection, by kind and hash only.
+    assert_eq!(s.find_token_any(TokenKind::Recovery, "rec-hash").await.unwrap().map(|x| x.used_at), Some(Some(t(50))));
+    assert_eq!(s.find_token_any(TokenKind::Api, "rec-hash").await.unwrap(), None, "kind must match");
+    assert_eq!(s.find_token_any(TokenKind::Recovery, "nope").await.unwrap(), None);
 
     let mine: Vec<Uuid> = s.list_tokens(Some(user.id)).await.unwrap().into_iter().map(|x| x.id).collect();
     assert_eq!(mine.len(), 2);
@@ -746,6 +750,11 @@ async fn tokens_find_and_consume(db: TestDb) {
     assert_eq!(s.list_tokens(None).await.unwrap().len(), 3);
     s.delete_token(api.id).await.unwrap();
     assert_eq!(s.find_token(TokenKind::Api, "api-hash", t(0)).await.unwrap(), None);
+    // Purging: only what expired before the cut-off; tokens without expiry stay.
+    assert_eq!(s.delete_expired_tokens(t(100)).await.unwrap(), 0, "expires at 100: not before 100");
+    assert_eq!(s.delete_expired_tokens(t(101)).await.unwrap(), 1);
+    assert_eq!(s.find_token_any(TokenKind::Recovery, "rec-hash").await.unwrap(), None);
+    assert!(s.find_token(TokenKind::Setup, "setup-hash", t(1000)).await.unwrap().is_some());
     db.store.close().await;
 }
 

@@ -18,6 +18,7 @@ use latchkey_core::oauth::assertion::SIGNING_ALGS;
 use latchkey_core::oauth::{check_pkce, Client, ClientCredentials, ClientType, Grant, GrantError, OAuthError, CLAIMS};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use url::Url;
 
 use crate::error::{WebError, WebResult};
@@ -98,7 +99,7 @@ fn grant_error(e: GrantError) -> Response {
     }
 }
 
-async fn client_for_slug(state: &AppState, slug: &str) -> WebResult<Client> {
+async fn client_for_slug(state: &AppState, slug: &str) -> WebResult<Arc<Client>> {
     state.core.oauth.client_by_slug(slug).await?.ok_or_else(|| {
         WebError::not_found(format!("No OAuth2 application '{}'.", slug.chars().take(100).collect::<String>()))
     })
@@ -417,7 +418,7 @@ async fn client_auth(
     endpoint: &str,
     headers: &HeaderMap,
     form: &BTreeMap<String, String>,
-) -> Result<Client, GrantError> {
+) -> Result<Arc<Client>, GrantError> {
     let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_string())

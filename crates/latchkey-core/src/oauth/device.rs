@@ -8,6 +8,7 @@
 
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{Client, Grant, GrantResult, OAuth, OAuthError, TokenResponse};
@@ -111,7 +112,7 @@ impl OAuth {
     }
 
     /// The client a typed user code belongs to, if it is valid (shown before the user decides).
-    pub async fn device_client(&self, typed: &str) -> Result<Option<Client>> {
+    pub async fn device_client(&self, typed: &str) -> Result<Option<Arc<Client>>> {
         let n = normalize_user_code(typed);
         if n.len() != 8 {
             return Ok(None);

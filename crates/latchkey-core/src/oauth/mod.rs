@@ -271,13 +271,16 @@ pub struct ClientCredentials<'a> {
     pub client_assertion: Option<&'a str>,
 }
 
+/// Every oauth2 client; each shared, so a request holds its client without copying it.
+type Clients = Arc<Vec<Arc<Client>>>;
+
 #[derive(Clone)]
 pub struct OAuth {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     signing: Signing,
     /// The oauth2 clients, loaded once and dropped on `Change::Config`.
-    clients: Arc<RwLock<Option<Arc<Vec<Client>>>>>,
+    clients: Arc<RwLock<Option<Clients>>>,
     generation: Arc<AtomicU64>,
     logout_delivery: Arc<std::sync::OnceLock<Arc<dyn backchannel::LogoutDelivery>>>,
     users: UserCache,
@@ -349,7 +352,7 @@ impl OAuth {
         &self.signing
     }
 
-    async fn clients(&self) -> Result<Arc<Vec<Client>>> {
+    async fn clients(&self) -> Result<Clients> {
         if let Some(c) = self.clients.read().ok().and_then(|c| c.clone()) {
             return Ok(c);
         }
@@ -363,7 +366,7 @@ impl OAuth {
         Ok(loaded)
     }
 
-    async fn load_clients(&self) -> Result<Vec<Client>> {
+    async fn load_clients(&self) -> Result<Vec<Arc<Client>>> {
         let providers = self.store.list_providers().await.map_err(CoreError::from_store)?;
         let apps = self.store.list_applications().await.map_err(CoreError::from_store)?;
         Ok(providers
@@ -371,16 +374,16 @@ impl OAuth {
             .filter(|p| p.kind == "oauth2")
             .filter_map(|p| {
                 let app = apps.iter().find(|a| a.provider_id == Some(p.id))?.clone();
-                Client::parse(p, app)
+                Client::parse(p, app).map(Arc::new)
             })
             .collect())
     }
 
-    pub async fn client_by_id(&self, client_id: &str) -> Result<Option<Client>> {
+    pub async fn client_by_id(&self, client_id: &str) -> Result<Option<Arc<Client>>> {
         Ok(self.clients().await?.iter().find(|c| c.client_id == client_id).cloned())
     }
 
-    pub async fn client_by_slug(&self, slug: &str) -> Result<Option<Client>> {
+    pub async fn client_by_slug(&self, slug: &str) -> Result<Option<Arc<Client>>> {
         Ok(self.clients().await?.iter().find(|c| c.app.slug == slug).cloned())
     }
 
@@ -393,7 +396,7 @@ impl OAuth {
         creds: &ClientCredentials<'_>,
         origin: &str,
         endpoint: &str,
-    ) -> GrantResult<Client> {
+    ) -> GrantResult<Arc<Client>> {
         if creds.client_assertion.is_some() || creds.client_assertion_type.is_some() {
             return self.authenticate_assertion(creds, origin, endpoint).await;
         }
@@ -445,7 +448,7 @@ impl OAuth {
         creds: &ClientCredentials<'_>,
         origin: &str,
         endpoint: &str,
-    ) -> GrantResult<Client> {
+    ) -> GrantResult<Arc<Client>> {
         if creds.basic.is_some() || creds.client_secret.is_some() {
             return Err(OAuthError::invalid_request("Use one client authentication method, not two.").into());
         }
@@ -532,10 +535,7 @@ impl OAuth {
 
     /// A token of `kind` with this secret among its user's tokens, used or not.
     async fn find_any(&self, kind: TokenKind, secret: &str) -> Result<Option<Token>> {
-        let Some(user_id) = secret.split_once('.').and_then(|(u, _)| Uuid::parse_str(u).ok()) else { return Ok(None) };
-        let hash = hash_secret(secret);
-        let tokens = self.store.list_tokens(Some(user_id)).await.map_err(CoreError::from_store)?;
-        Ok(tokens.into_iter().find(|t| t.kind == kind && t.secret_hash == hash))
+        self.store.find_token_any(kind, &hash_secret(secret)).await.map_err(CoreError::from_store)
     }
 
     /// Ends every refresh token of a family.
@@ -814,7 +814,7 @@ impl OAuth {
 
     /// The claims of a valid access token (signature, expiry, active user, existing client).
     /// The user is `None` for a client-credentials token.
-    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Client, Option<Arc<User>>, Value)>> {
+    pub async fn check_access_token(&self, token: &str) -> Result<Option<(Arc<Client>, Option<Arc<User>>, Value)>> {
         let Some(claims) = self.signing.verify(token).await else { return Ok(None) };
         if claims.get("scope").is_none() {
             // Not an access token (an ID token or a forward-auth JWT).
