@@ -113,9 +113,13 @@ line "discovery" "$DI"
 line "jwks" "$JW"
 
 # Code exchange: each request redeems one fresh code; the codes are split between wrk's threads.
-N=${CODES:-12000}
+# Codes live 60 s: make only as many as a 4 s run redeems on a fast machine, and say how long
+# making them took (a slow machine must still redeem them well inside their minute).
+N=${CODES:-10000}
 echo "== token: authorization_code exchange, $N codes made first, wrk -t2 -c16 -d4s (one run: codes are single-use)"
+made=$SECONDS
 codes "$N" > "$WORK/codes"
+echo "(made in $((SECONDS - made)) s)"
 cat > "$WORK/code.lua" <<LUA
 local threads, counter = {}, 0
 function setup(thread) thread:set("id", counter); counter = counter + 1; table.insert(threads, thread) end

@@ -211,12 +211,28 @@ struct Cache {
     retired: Option<Arc<Vec<RetiredKey>>>,
 }
 
+/// How many verified tokens are remembered (each a few hundred bytes of claims).
+const VERIFIED_CAPACITY: u64 = 4096;
+
+/// A token whose signature held, remembered until it expires so that a client calling
+/// userinfo or an API with the same access token pays for the RSA check once.
+struct Verified {
+    token: Box<str>,
+    claims: Value,
+    exp: i64,
+    /// The key generation it was checked under: a key change forgets it.
+    generation: u64,
+}
+
 #[derive(Clone)]
 pub struct Signing {
     store: Arc<dyn Store>,
     encryption: DerivedKey,
     clock: Arc<dyn Clock>,
     cache: Arc<RwLock<Cache>>,
+    /// Verified tokens by a keyed hash of their text (the text itself is compared on a hit).
+    verified: moka::sync::Cache<u64, Arc<Verified>>,
+    verified_hasher: std::hash::RandomState,
     /// Bumped on every invalidation; a load that raced with one is not cached.
     generation: Arc<AtomicU64>,
     /// One process generates a missing key at a time.
@@ -230,6 +246,11 @@ impl Signing {
             encryption,
             clock,
             cache: Arc::new(RwLock::new(Cache::default())),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(std::time::Duration::from_secs(600))
+                .build(),
+            verified_hasher: std::hash::RandomState::new(),
             generation: Arc::new(AtomicU64::new(0)),
             creating: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -244,6 +265,7 @@ impl Signing {
 
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.verified.invalidate_all();
         if let Ok(mut c) = self.cache.write() {
             *c = Cache::default();
         }
@@ -394,6 +416,27 @@ impl Signing {
     /// dropped, if the signature holds and it has not expired. The audience is the caller's
     /// to check.
     pub async fn verify(&self, token: &str) -> Option<Value> {
+        let key = std::hash::BuildHasher::hash_one(&self.verified_hasher, token);
+        let now = self.clock.now().timestamp();
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(v) = self.verified.get(&key) {
+            if &*v.token == token && v.exp > now && v.generation == generation {
+                return Some(v.claims.clone());
+            }
+        }
+        let (claims, key_until) = self.verify_signature(token).await?;
+        // Only tokens that expire are remembered, and never past their expiry or past the
+        // moment a retired key that signed them is dropped.
+        let exp = claims.get("exp").and_then(Value::as_i64).map(|exp| key_until.map_or(exp, |k| exp.min(k)));
+        if let Some(exp) = exp.filter(|exp| *exp > now) {
+            let verified = Verified { token: token.into(), claims: claims.clone(), exp, generation };
+            self.verified.insert(key, Arc::new(verified));
+        }
+        Some(claims)
+    }
+
+    /// The claims, and when the key that signed them is dropped (`None`: the current key).
+    async fn verify_signature(&self, token: &str) -> Option<(Value, Option<i64>)> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let kid = header.kid.as_deref()?;
         storage(header.alg)?;
@@ -402,13 +445,15 @@ impl Signing {
         validation.leeway = 0;
         if let Some(current) = self.current(header.alg, false).await.ok()? {
             if current.kid == kid {
-                return jsonwebtoken::decode::<Value>(token, &current.decoding, &validation).ok().map(|d| d.claims);
+                let claims = jsonwebtoken::decode::<Value>(token, &current.decoding, &validation).ok()?.claims;
+                return Some((claims, None));
             }
         }
         let now = self.clock.now().timestamp();
         let retired = self.retired().await.ok()?;
         let old = retired.iter().find(|r| r.alg == header.alg && r.record.kid == kid && r.record.expires_at > now)?;
-        jsonwebtoken::decode::<Value>(token, &old.decoding, &validation).ok().map(|d| d.claims)
+        let claims = jsonwebtoken::decode::<Value>(token, &old.decoding, &validation).ok()?.claims;
+        Some((claims, Some(old.record.expires_at)))
     }
 
     /// The JWKS for tokens signed with `alg`: the current key and the retired ones whose

@@ -312,6 +312,9 @@ async fn oidc_signing_keys_rotate_with_overlap(env: Env) {
     // A retired key whose tokens have all expired is dropped: rotate again keeping the
     // previous key for one second only; the first retired key stays.
     let middle_kid = kid(&new);
+    // Verified once (and so remembered by the server) before its key is retired and dropped.
+    let r = c.get(format!("{base}/application/o/userinfo/")).bearer_auth(&new).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     env.cli_ok(&["keys", "rotate", "--alg", "RS256", "--keep-for", "1"], "");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
