@@ -349,6 +349,8 @@ async fn forward_auth_through_nginx(env: Env) {
     // The server block is authentik's documented nginx snippet; only upstreams differ.
     let conf = format!(
         r#"worker_processes 1;
+# One process: the test kills it when done, and a master killed so would orphan its worker.
+master_process off;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{}}
@@ -804,6 +806,8 @@ async fn authelia_through_nginx(env: Env) {
     // authelia-authrequest.conf), inlined; only the upstream addresses differ.
     let conf = format!(
         r#"worker_processes 1;
+# One process: the test kills it when done, and a master killed so would orphan its worker.
+master_process off;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{}}
