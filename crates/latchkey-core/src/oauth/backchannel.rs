@@ -50,7 +50,7 @@ impl OAuth {
         if issued.is_empty() {
             return Ok(0);
         }
-        let user = self.store.get_user(user_id).await.map_err(CoreError::from_store)?;
+        let user = self.users.user(user_id).await?;
         let mut sent = 0;
         for (client_id, issuer) in issued {
             let Some(client) = self.client_by_id(&client_id).await? else { continue };
